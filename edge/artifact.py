@@ -1,0 +1,161 @@
+"""What an artifact says about itself: labels, sizes, normalisation, input kind, precision.
+
+An artifact written by ``edge-export`` carries a flat ``str -> str`` metadata dict (ONNX
+``metadata_props``, TorchScript ``_extra_files['edge_classifier.json']``). A backend hands that dict
+and its input signature to :func:`spec_from_metadata`, which returns one frozen :class:`ModelSpec`
+that drives preprocessing and output::
+
+    spec = spec_from_metadata(meta, input_shape=[None, 224, 224, 3], input_dtype="uint8", num_classes=1000)
+    spec.input_side, spec.resize_side, spec.labels[0]      # 224, 256, 'tench'
+
+An ONNX file from elsewhere (no metadata) still runs: its input signature says uint8 NHWC or float
+NCHW, the side comes from the shape, ImageNet statistics are assumed, and 1000-class models get the
+ImageNet labels shipped in ``edge.labels``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Tuple
+
+log = logging.getLogger(__name__)
+
+TORCHSCRIPT_METADATA_FILE = "edge_classifier.json"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_FRACTION = 0.875  # torchvision's eval recipe: resize = side / 0.875 (224 -> 256)
+
+
+class ArtifactError(ValueError):
+    """The artifact's metadata or the labels given for it cannot be used."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the device needs to feed a model and name its outputs."""
+
+    labels: Tuple[str, ...]
+    input_side: int
+    resize_side: int
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    input_kind: str = "uint8"  # "uint8": NHWC RGB bytes; "float": NCHW normalised float32
+    precision: str = "fp32"
+    arch: str = "unknown"
+    exporter: str = "unknown"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def with_labels(self, labels: Sequence[str]) -> "ModelSpec":
+        """This spec with ``labels`` instead (``--labels``); they must match the class count."""
+        if len(labels) != self.num_classes:
+            raise ArtifactError(
+                f"the labels file has {len(labels)} labels but the model has {self.num_classes} classes")
+        return replace(self, labels=tuple(labels))
+
+
+def spec_from_metadata(
+    meta: Mapping[str, str],
+    *,
+    input_shape: Sequence[Optional[int]],
+    input_dtype: str,
+    num_classes: Optional[int],
+) -> ModelSpec:
+    """Build the spec from an artifact's metadata, falling back on its input signature.
+
+    ``input_shape`` may hold ``None`` (or strings) for dynamic dimensions; ``input_dtype`` is
+    ``"uint8"`` or a float type name; ``num_classes`` is the output width if the graph knows it.
+    """
+    try:
+        input_kind = meta.get("input") or ("uint8" if input_dtype == "uint8" else "float")
+        side = int(meta["input_side"]) if "input_side" in meta else _side_from_shape(input_shape, input_kind)
+        resize = int(meta["resize_side"]) if "resize_side" in meta else round(side / CROP_FRACTION)
+        labels = _labels_from_metadata(meta, num_classes)
+        spec = ModelSpec(
+            labels=labels,
+            input_side=side,
+            resize_side=resize,
+            mean=_triple(meta.get("mean"), IMAGENET_MEAN),
+            std=_triple(meta.get("std"), IMAGENET_STD),
+            interpolation=meta.get("interpolation", "bilinear"),
+            input_kind=input_kind,
+            precision=meta.get("precision", "fp16" if "16" in input_dtype else "fp32"),
+            arch=meta.get("arch", "unknown"),
+            exporter=meta.get("exporter", "unknown"),
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ArtifactError(f"the model's metadata is unreadable: {exc}") from None
+    _check(spec)
+    return spec
+
+
+def read_labels(path: Path) -> Tuple[str, ...]:
+    """One label per line; blank lines at the end are ignored."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ArtifactError(f"labels file {path} is not UTF-8 text") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise ArtifactError(f"labels file {path} is empty")
+    return tuple(line.strip() for line in lines)
+
+
+def imagenet_labels() -> Tuple[str, ...]:
+    """The 1000 ImageNet class names shipped with the package (torchvision's order)."""
+    from importlib import resources
+
+    text = resources.files("edge.labels").joinpath("imagenet.txt").read_text(encoding="utf-8")
+    return tuple(text.splitlines())
+
+
+def _labels_from_metadata(meta: Mapping[str, str], num_classes: Optional[int]) -> Tuple[str, ...]:
+    if "labels" in meta:
+        labels = tuple(str(label) for label in json.loads(meta["labels"]))
+        if num_classes is not None and len(labels) != num_classes:
+            raise ValueError(f"{len(labels)} labels for {num_classes} outputs")
+        return labels
+    if num_classes == 1000:
+        log.info("the model carries no labels; using the ImageNet labels")
+        return imagenet_labels()
+    if num_classes is None:
+        raise ValueError("the model carries no labels and its output width is unknown; pass --labels")
+    log.info("the model carries no labels; naming its %d classes by number", num_classes)
+    return tuple(f"class {i}" for i in range(num_classes))
+
+
+def _side_from_shape(shape: Sequence[Optional[int]], input_kind: str) -> int:
+    dims = list(shape)
+    if len(dims) != 4:
+        raise ValueError(f"expected a 4-D image input, the model takes {len(dims)}-D")
+    side = dims[1] if input_kind == "uint8" else dims[2]
+    return side if isinstance(side, int) and side > 0 else 224
+
+
+def _triple(text: Optional[str], default: Tuple[float, float, float]) -> Tuple[float, float, float]:
+    if text is None:
+        return default
+    values = tuple(float(v) for v in json.loads(text))
+    if len(values) != 3:
+        raise ValueError(f"expected 3 values, got {len(values)}")
+    return values  # type: ignore[return-value]
+
+
+def _check(spec: ModelSpec) -> None:
+    if spec.input_kind not in ("uint8", "float"):
+        raise ArtifactError(f"unknown input kind {spec.input_kind!r} in the model's metadata")
+    if not 0 < spec.input_side <= spec.resize_side:
+        raise ArtifactError(f"bad sizes in the model's metadata: input {spec.input_side}, resize {spec.resize_side}")
+    if not spec.labels:
+        raise ArtifactError("the model has no classes")
+    if any(s <= 0 for s in spec.std):
+        raise ArtifactError("the model's std must be positive")

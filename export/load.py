@@ -1,0 +1,166 @@
+"""Turn ``--weights pretrained|none|PATH`` or ``--checkpoint CKPT`` into an eager model and what describes it.
+
+    loaded = load_model("resnet18", weights="resnet18-f37072fd.pth")
+    loaded.model, loaded.labels, loaded.input_side, loaded.resize_side, loaded.source
+
+Weights files are read with ``torch.load(weights_only=True)``: a file from the internet must not be
+able to run code. Keys that do not fit (another head) are reported and skipped, like the seed
+tutorials' partial load.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .zoo import (IMAGENET_MEAN, IMAGENET_STD, Arch, build_model, get_arch, head_of, imagenet_categories,
+                  load_matching, pretrained_weights, replace_head)
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """Weights or labels that cannot be used; the message is one line for the user."""
+
+
+@dataclass
+class LoadedModel:
+    """An eager FP32 model in eval mode and everything an artifact says about it."""
+
+    model: nn.Module
+    arch: str
+    labels: List[str]
+    input_side: int
+    resize_side: int
+    source: str
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    std: Tuple[float, ...] = IMAGENET_STD
+    verify_images: List[Path] = field(default_factory=list)
+
+
+def load_model(arch_name: str, weights: str = "pretrained", *, num_classes: Optional[int] = None,
+               labels: Optional[Sequence[str]] = None) -> LoadedModel:
+    """Build ``arch_name`` with ``weights`` ("pretrained", "none" or a path to a state dict)."""
+    arch = get_arch(arch_name)
+    wanted = num_classes or (len(labels) if labels else None)
+    if weights == "pretrained":
+        loaded = _pretrained(arch, wanted)
+    elif weights == "none":
+        loaded = LoadedModel(build_model(arch.name, wanted or 1000), arch.name, [], arch.input_side,
+                             arch.resize_side, "none")
+    else:
+        loaded = _from_state_dict_file(arch, Path(weights), wanted)
+    return _with_labels(loaded, labels)
+
+
+def load_checkpoint_model(path: Path, *, labels: Optional[Sequence[str]] = None) -> LoadedModel:
+    """The model saved by ``edge-train`` in ``path``, with its classes, sizes and validation images."""
+    from .checkpoint import checkpoint_val_images, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    arch = get_arch(ckpt["arch"])
+    classes = list(ckpt["classes"])
+    model = build_model(arch.name, len(classes))
+    report = load_matching(model, ckpt["model"], arch)
+    if report.skipped or report.missing:
+        raise WeightsError(f"{path}: the checkpoint does not fit {arch.name}: {report.summary()}")
+    loaded = LoadedModel(model.eval(), arch.name, classes, int(ckpt["input_side"]), int(ckpt["resize_side"]),
+                         f"checkpoint:{Path(path).name}", tuple(ckpt["mean"]), tuple(ckpt["std"]),
+                         checkpoint_val_images(ckpt))
+    return _with_labels(loaded, labels)
+
+
+def read_labels_file(path: Path) -> List[str]:
+    """One label per line (trailing blank lines ignored)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"cannot read labels file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise WeightsError(f"labels file {path} is empty")
+    return [line.strip() for line in lines]
+
+
+def _pretrained(arch: Arch, num_classes: Optional[int]) -> LoadedModel:
+    import torchvision
+
+    weights = pretrained_weights(arch.name)
+    try:
+        model = torchvision.models.get_model(arch.name, weights=weights)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated download a RuntimeError
+        raise WeightsError(
+            f"cannot get the pretrained {arch.name} weights ({_reason(exc)}); on a machine without internet, "
+            f"download {weights.url} elsewhere and pass it with --weights PATH") from None
+    preset = weights.transforms()
+    loaded = LoadedModel(model.eval(), arch.name, list(weights.meta["categories"]), preset.crop_size[0],
+                         preset.resize_size[0], f"pretrained:{weights}", tuple(preset.mean), tuple(preset.std))
+    if num_classes and num_classes != len(loaded.labels):
+        log.warning("replacing the %d-class head with an untrained %d-class one", len(loaded.labels), num_classes)
+        replace_head(loaded.model, arch, num_classes)
+        loaded.labels = []
+    return loaded
+
+
+def _from_state_dict_file(arch: Arch, path: Path, num_classes: Optional[int]) -> LoadedModel:
+    state = _read_state_dict(path)
+    model = build_model(arch.name, num_classes or _classes_in_file(state, arch) or 1000)
+    report = load_matching(model, state, arch)
+    own = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(report.missing) > len(own) / 2:
+        raise WeightsError(f"{path}: most of {arch.name} is not in this file ({report.summary()}); "
+                           "is it weights for another architecture?")
+    if report.skipped or report.missing:
+        log.warning("%s: %s", path.name, report.summary())
+    return LoadedModel(model.eval(), arch.name, [], arch.input_side, arch.resize_side, f"file:{path.name}")
+
+
+def _classes_in_file(state: Mapping[str, torch.Tensor], arch: Arch) -> Optional[int]:
+    """The class count of the file's head, if the file has a head that fits this architecture."""
+    weight = state.get(f"{arch.head}.weight")
+    expected_in = head_of(build_model(arch.name), arch).in_features
+    if weight is not None and weight.dim() == 2 and weight.shape[1] == expected_in:
+        return int(weight.shape[0])
+    return None
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path} (use --weights pretrained, none, or a .pth path)")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or unsafe pickles
+        raise WeightsError(f"{path} is not a PyTorch weights file that loads safely ({_reason(exc)})") from None
+    if isinstance(obj, Mapping) and obj.get("format") == "edge-classifier-checkpoint":
+        raise WeightsError(f"{path} is an edge-train checkpoint: pass it with --checkpoint")
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not (isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise WeightsError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
+    return obj
+
+
+def _with_labels(loaded: LoadedModel, labels: Optional[Sequence[str]]) -> LoadedModel:
+    classes = head_of(loaded.model, get_arch(loaded.arch)).out_features
+    if labels is not None:
+        if len(labels) != classes:
+            raise WeightsError(f"the labels file has {len(labels)} labels but the model has {classes} classes")
+        loaded.labels = list(labels)
+    elif len(loaded.labels) != classes:
+        if classes == 1000:
+            loaded.labels = imagenet_categories()
+        else:
+            log.warning("no labels given for %d classes: naming them 'class 0'...; pass --labels FILE", classes)
+            loaded.labels = [f"class {i}" for i in range(classes)]
+    return loaded
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "reason", None) or exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
