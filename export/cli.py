@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
                              source=loaded.source, mean=loaded.mean, std=loaded.std)
     opset = args.opset or DEFAULT_OPSET
     rows, failed = [], 0
-    for out, fmt in zip(args.out, formats):
+    for out, fmt in _progress(list(zip(args.out, formats))):
         out.parent.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s (%s, %s, %s input)", out, fmt.name, args.precision, args.input_kind)
         started = time.perf_counter()
@@ -114,6 +114,15 @@ def _run(args: argparse.Namespace) -> int:
         rows.append((str(out), label, size, seconds, result))
     _print_table(rows, args.precision, args.input_kind)
     return 1 if failed else 0
+
+
+def _progress(items: list):
+    """A progress bar on stderr over the outputs, when a person is watching and there is more than one."""
+    if len(items) < 2 or not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="export + verify", unit="file", file=sys.stderr, leave=False)
 
 
 class _Disagrees(Exception):

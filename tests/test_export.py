@@ -208,9 +208,6 @@ def _bad(tmp_path):
     torch.save([1, 2, 3], not_state)
     other_arch = tmp_path / "alexnet.pth"
     torch.save(build_model("alexnet", 2).state_dict(), other_arch)
-    ro = tmp_path / "readonly"
-    ro.mkdir()
-    ro.chmod(0o500)
     return {
         "unknown arch": (["--arch", "resnet9000", "--weights", "none"], "unknown architecture"),
         "missing weights": (["--weights", str(tmp_path / "nope.pth")], "weights file not found"),
@@ -220,18 +217,12 @@ def _bad(tmp_path):
         "labels of the wrong length": (["--weights", "none", "--num-classes", "5", "--labels",
                                         str(tmp_path / "three.txt")], "3 labels but the model has 5"),
         "unknown suffix": (["--weights", "none", "--out", str(tmp_path / "m.engine")], "unknown output suffix"),
-        "unwritable path": (["--weights", "none", "--out", str(ro / "m.onnx")], "cannot write"),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown arch", "missing weights", "not a torch file", "not a state dict",
-                                  "other architecture", "labels of the wrong length", "unknown suffix",
-                                  "unwritable path"])
+                                  "other architecture", "labels of the wrong length", "unknown suffix"])
 def test_bad_input_gives_one_line_and_leaves_no_file(case, tmp_path, capsys):
-    import os
-
-    if case == "unwritable path" and os.geteuid() == 0:
-        pytest.skip("root can write into a read-only folder")
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
     argv, message = _bad(tmp_path)[case]
     if "--out" not in argv:
@@ -245,8 +236,8 @@ def test_bad_input_gives_one_line_and_leaves_no_file(case, tmp_path, capsys):
     assert set(tmp_path.rglob("*")) == before
 
 
-def test_unwritable_target_as_root_too(tmp_path, capsys):
-    """A path under a regular file cannot be created, whoever runs the export."""
+def test_unwritable_target_gives_one_line(tmp_path, capsys):
+    """A path under a regular file cannot be created, whoever runs the export (CI runs as root)."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code = export_main(["--weights", "none", "--precision", "fp32", "--out", str(blocker / "m.onnx")])

@@ -1,0 +1,68 @@
+"""Inference backends: one small protocol, one implementation per artifact format, picked by suffix.
+
+    backend = open_backend(Path("model.onnx"))          # or backend="torchscript", device="cpu"
+    logits = backend.run(batch)                         # float32 [N, classes]
+    backend.metadata, backend.provider                  # what the file says; what runs it
+
+Each implementation imports its runtime lazily, so ``edge`` never loads torch for an ONNX model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Dict, List, Optional, Protocol, Tuple
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """The model cannot be loaded or run; the message is one line for the user."""
+
+
+class Backend(Protocol):
+    """What the classify step needs from a runtime."""
+
+    metadata: Dict[str, str]
+    input_shape: List[Optional[int]]  # None where the dimension is dynamic
+    input_dtype: str  # "uint8" or "float32"
+    num_classes: Optional[int]
+    provider: str  # what actually runs the model, e.g. "CUDAExecutionProvider", "cuda", "cpu"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits, float32 ``[N, num_classes]``."""
+        ...
+
+
+# name -> (module, class, file suffixes)
+BACKENDS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
+    "onnxruntime": ("edge.backends.onnxruntime", "OnnxRuntimeBackend", (".onnx",)),
+    "torchscript": ("edge.backends.torchscript", "TorchScriptBackend", (".ts", ".pt", ".pth", ".torchscript")),
+}
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def backend_for(path: Path) -> str:
+    """The backend a file's suffix asks for."""
+    suffix = Path(path).suffix.lower()
+    for name, (_, _, suffixes) in BACKENDS.items():
+        if suffix in suffixes:
+            return name
+    known = ", ".join(s for _, _, suffixes in BACKENDS.values() for s in suffixes)
+    raise BackendError(f"{path}: cannot tell the model format from the suffix {suffix or '(none)'!r} "
+                       f"(expected {known}; or pass --backend)")
+
+
+def open_backend(path: Path, backend: str = "auto", device: str = "auto") -> Backend:
+    """Load ``path`` with ``backend`` (``auto``: by suffix) on ``device`` (``auto``: the GPU if there is one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackendError(f"model file not found: {path}")
+    name = backend_for(path) if backend == "auto" else backend
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise BackendError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    module_name, class_name, _ = BACKENDS[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(path, device=device)

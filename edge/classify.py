@@ -1,0 +1,120 @@
+"""The one classify step shared by ``--image`` and the camera loop: frame -> Prediction.
+
+    classifier = Classifier.open(Path("mobilenet_v2.onnx"), topk=5)
+    prediction = classifier.classify(cv2.imread("cat.jpg"))
+    prediction.label, prediction.score, prediction.ms      # 'tabby', 0.83, {'preprocess': 0.4, 'infer': 5.1}
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .artifact import ArtifactError, ModelSpec, read_labels, spec_from_metadata
+from .backends import Backend, BackendError, open_backend
+from .preprocess import Preprocessor
+
+
+class ClassifyError(RuntimeError):
+    """A model or an input that cannot be classified; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class TopK:
+    label: str
+    index: int
+    score: float
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"label": self.label, "index": self.index, "score": round(self.score, 6)}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The argmax class, its softmax probability, the top-k, and how long each step took."""
+
+    label: str
+    index: int
+    score: float
+    topk: Tuple[TopK, ...]
+    probabilities: np.ndarray = field(repr=False, compare=False)
+    ms: Dict[str, float] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> Dict[str, object]:
+        """The JSON fields: label, index, score, topk, ms."""
+        return {
+            "label": self.label,
+            "index": self.index,
+            "score": round(self.score, 6),
+            "topk": [k.to_dict() for k in self.topk],
+            "ms": {name: round(value, 3) for name, value in self.ms.items()},
+        }
+
+
+class Classifier:
+    """An artifact, its spec and its preprocessing, behind one ``classify(frame)`` call."""
+
+    def __init__(self, backend: Backend, spec: ModelSpec, topk: int = 5) -> None:
+        if topk < 1:
+            raise ClassifyError(f"--topk must be at least 1, not {topk}")
+        self.backend = backend
+        self.spec = spec
+        self.topk = min(topk, spec.num_classes)
+        self.preprocess = Preprocessor(spec)
+
+    @classmethod
+    def open(cls, model: Path, *, backend: str = "auto", device: str = "auto", labels: Optional[Path] = None,
+             topk: int = 5) -> "Classifier":
+        """Load ``model``; its metadata gives labels and sizes (``labels`` overrides the label names)."""
+        try:
+            runtime = open_backend(Path(model), backend, device)
+            spec = spec_from_metadata(runtime.metadata, input_shape=runtime.input_shape,
+                                      input_dtype=runtime.input_dtype, num_classes=runtime.num_classes)
+            if labels is not None:
+                spec = spec.with_labels(read_labels(labels))
+        except (BackendError, ArtifactError) as exc:
+            raise ClassifyError(str(exc)) from None
+        return cls(runtime, spec, topk)
+
+    def classify(self, frame_bgr: np.ndarray) -> Prediction:
+        """Preprocess, infer and rank one BGR uint8 frame."""
+        started = time.perf_counter()
+        try:
+            batch = self.preprocess(frame_bgr)[None]
+        except ValueError as exc:
+            raise ClassifyError(str(exc)) from None
+        prepared = time.perf_counter()
+        logits = self.backend.run(batch)[0]
+        done = time.perf_counter()
+        prediction = self.prediction_from_logits(logits)
+        prediction.ms.update(preprocess=(prepared - started) * 1e3, infer=(done - prepared) * 1e3)
+        return prediction
+
+    def prediction_from_logits(self, logits: np.ndarray, ms: Optional[Dict[str, float]] = None) -> Prediction:
+        return self.prediction_from_probabilities(softmax(logits), ms)
+
+    def prediction_from_probabilities(self, probs: np.ndarray, ms: Optional[Dict[str, float]] = None) -> Prediction:
+        """Rank a probability vector (one frame's, or several frames' average when smoothing)."""
+        order = top_indices(probs, self.topk)
+        labels = self.spec.labels
+        top = tuple(TopK(labels[i], int(i), float(probs[i])) for i in order)
+        return Prediction(top[0].label, top[0].index, top[0].score, top, probs, dict(ms or {}))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax of one logits vector, in float64."""
+    shifted = np.asarray(logits, np.float64) - np.max(logits)
+    exp = np.exp(shifted)
+    return exp / exp.sum()
+
+
+def top_indices(values: np.ndarray, k: int) -> Sequence[int]:
+    """Indices of the ``k`` largest values, largest first (ties: lower index first)."""
+    if k >= len(values):
+        return list(np.argsort(-values, kind="stable"))
+    part = np.argpartition(-values, k - 1)[:k]
+    return list(part[np.lexsort((part, -values[part]))])

@@ -1,0 +1,165 @@
+"""``edge-classify``: run an artifact on images, folders, globs, cameras, videos and streams.
+
+    edge-classify --model mobilenet_v2.onnx --image cat.jpg photos/ "shots/*.png" --topk 3
+    edge-classify --model mobilenet_v2.onnx --image photos/ --json > results.jsonl
+    edge-classify --model mobilenet_v2.onnx --camera 0 --display
+
+Exit codes: 0 all done; 1 some inputs could not be classified (the rest were); 2 usage error or a
+model that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("edge-classify")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-classify",
+        description="Classify images, folders, cameras, videos or streams with an exported model.")
+    parser.add_argument("--model", type=Path, metavar="FILE",
+                        help="an .onnx or .ts artifact (default: mobilenet_v2 ImageNet FP16 from $EDGE_MODEL or "
+                             "~/.cache/edge-classifier/mobilenet_v2_fp16.onnx, built once if edge-export is here)")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--image", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    inputs.add_argument("--camera", type=int, metavar="N", help="a V4L2 camera index (/dev/videoN)")
+    inputs.add_argument("--source", metavar="URI",
+                        help="csi://N, /dev/videoN, a video file, rtsp:// or http:// stream, or a GStreamer pipeline")
+    parser.add_argument("--labels", type=Path, metavar="FILE", help="label names, one per line (overrides the model's)")
+    parser.add_argument("--topk", type=int, default=1, metavar="K", help="show the K best classes (default 1)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image or frame on stdout")
+    parser.add_argument("--output", type=Path, metavar="PATH",
+                        help="write the labelled image (a folder for several images) or video")
+    parser.add_argument("--backend", choices=("auto", "onnxruntime", "torchscript"), default="auto",
+                        help="inference runtime (default: by the model's suffix)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="where to run the model (default: the GPU when there is one)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the provider, timings and more")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    _add_stream_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its message; keep our exit-code contract
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    _setup_logging(args)
+    if args.topk < 1:
+        return _fail(f"--topk must be at least 1, not {args.topk}")
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return _fail("OpenCV is not installed: pip install 'edge-classifier[runtime]' "
+                     "(on a Jetson, use JetPack's OpenCV: sudo apt install python3-opencv)")
+    from .classify import Classifier, ClassifyError
+    from .defaults import DefaultModelError, ensure_default_model
+
+    try:
+        model = args.model or ensure_default_model()
+        classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
+                                     topk=args.topk)
+    except (ClassifyError, DefaultModelError) as exc:
+        return _fail(str(exc))
+    log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
+             classifier.spec.num_classes, classifier.spec.input_kind, classifier.spec.input_side,
+             classifier.spec.resize_side, classifier.spec.precision, classifier.backend.provider)
+    if args.image:
+        return run_images(args, classifier)
+    from .loop import run_stream
+
+    return run_stream(args, classifier)
+
+
+def run_images(args: argparse.Namespace, classifier) -> int:
+    """Classify every image named by ``--image``; report bad ones on stderr and carry on."""
+    from .classify import ClassifyError
+    from .images import ImageError, expand_inputs, read_image
+    from .output import draw_label, format_line, json_line, write_image_atomic
+
+    items = expand_inputs(args.image)
+    output_dir = _output_folder(args.output, items)
+    failed = 0
+    for item in _progress(items):
+        try:
+            if item.error:
+                raise ImageError(item.error)
+            started = time.perf_counter()
+            frame = read_image(item.path)
+            decoded = time.perf_counter()
+            prediction = classifier.classify(frame)
+            prediction.ms["decode"] = (decoded - started) * 1e3
+            if args.json:
+                ms = prediction.ms
+                record = {"source": item.source, **prediction.to_dict()}
+                record["ms"] = {k: round(ms[k], 3) for k in ("decode", "preprocess", "infer")}
+                print(json_line(record), flush=True)
+            else:
+                print(format_line(item.source, prediction, args.topk), flush=True)
+            if args.output:
+                target = output_dir / _output_name(item) if output_dir else args.output
+                write_image_atomic(target, draw_label(frame, prediction))
+        except (ImageError, ClassifyError, OSError, ValueError) as exc:
+            failed += 1
+            print(f"edge-classify: {item.source}: {exc}", file=sys.stderr, flush=True)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _output_folder(output: Optional[Path], items: List) -> Optional[Path]:
+    """``--output`` is a folder when there are several images or it names one; a file otherwise."""
+    if output is None:
+        return None
+    several = len(items) > 1 or any(i.from_folder for i in items)
+    if several or output.is_dir() or not output.suffix:
+        output.mkdir(parents=True, exist_ok=True)
+        return output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _output_name(item) -> str:
+    """A flat, unique-enough file name for an image written into the output folder."""
+    name = item.source.strip("/").replace("/", "__")
+    return name if Path(name).suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"} else name + ".jpg"
+
+
+def _progress(items: List):
+    if len(items) < 2 or not sys.stderr.isatty():
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, unit="img", file=sys.stderr, leave=False)
+
+
+def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from .loop import add_stream_arguments
+    except ImportError:  # the camera loop is not installed in this build
+        return
+    add_stream_arguments(parser)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="edge-classify: %(message)s", stream=sys.stderr)
+
+
+def _fail(message: str) -> int:
+    print(f"edge-classify: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
