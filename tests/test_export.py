@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PHOTO_ARCH
 import torch
 
 from export.cli import export_main
@@ -82,7 +83,7 @@ def test_cli_artifacts_agree_with_the_eager_model_on_real_photos(precision, tmp_
                                                                   weights_file, labels_file, capsys):
     model, labels = photo_model
     outs = [tmp_path / "m.onnx", tmp_path / "m.ts"]
-    code = export_main(["--arch", "mobilenet_v2", "--weights", str(weights_file), "--labels", str(labels_file),
+    code = export_main(["--arch", PHOTO_ARCH, "--weights", str(weights_file), "--labels", str(labels_file),
                         "--precision", precision, "--out", str(outs[0]), "--out", str(outs[1])])
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -102,7 +103,7 @@ def test_cli_artifacts_agree_with_the_eager_model_on_real_photos(precision, tmp_
 
 def test_float_input_artifact_takes_normalised_nchw(tmp_path, photos, photo_model):
     model, labels = photo_model
-    out = export_artifact(model, tmp_path / "f.onnx", arch="mobilenet_v2", labels=labels, input_kind="float")
+    out = export_artifact(model, tmp_path / "f.onnx", arch=PHOTO_ARCH, labels=labels, input_kind="float")
     pixels = cropped_pixels([photos[n] for n in labels])
     mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
     std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
@@ -117,9 +118,9 @@ def test_metadata_round_trips_into_the_device_spec(tmp_path, photo_model):
     from edge.artifact import spec_from_metadata
 
     model, labels = photo_model
-    onnx_path = export_artifact(model, tmp_path / "m.onnx", arch="mobilenet_v2", labels=labels, precision="fp16",
+    onnx_path = export_artifact(model, tmp_path / "m.onnx", arch=PHOTO_ARCH, labels=labels, precision="fp16",
                                 source="file:photos.pth")
-    ts_path = export_artifact(model, tmp_path / "m.ts", arch="mobilenet_v2", labels=labels, precision="fp16",
+    ts_path = export_artifact(model, tmp_path / "m.ts", arch=PHOTO_ARCH, labels=labels, precision="fp16",
                               source="file:photos.pth")
     onnx_meta = dict(onnxruntime.InferenceSession(str(onnx_path)).get_modelmeta().custom_metadata_map)
     extra = {"edge_classifier.json": ""}
@@ -131,7 +132,7 @@ def test_metadata_round_trips_into_the_device_spec(tmp_path, photo_model):
     assert spec.labels == tuple(labels)
     assert (spec.input_side, spec.resize_side, spec.precision, spec.input_kind) == (224, 256, "fp16", "uint8")
     assert spec.mean == pytest.approx((0.485, 0.456, 0.406)) and spec.std == pytest.approx((0.229, 0.224, 0.225))
-    assert onnx_meta["arch"] == "mobilenet_v2" and onnx_meta["exporter"].startswith("edge-classifier ")
+    assert onnx_meta["arch"] == PHOTO_ARCH and onnx_meta["exporter"].startswith("edge-classifier ")
     assert onnx_meta["source"] == "file:photos.pth"
 
 
@@ -139,7 +140,7 @@ def test_onnx_loads_in_old_runtimes_by_default(tmp_path, photo_model):
     import onnx
 
     model, labels = photo_model
-    proto = onnx.load(str(export_artifact(model, tmp_path / "m.onnx", arch="mobilenet_v2", labels=labels,
+    proto = onnx.load(str(export_artifact(model, tmp_path / "m.onnx", arch=PHOTO_ARCH, labels=labels,
                                           precision="fp16")))
     assert {op.domain: op.version for op in proto.opset_import}[""] == 13
     assert proto.ir_version <= 8  # onnxruntime 1.11 / TensorRT 8.2 (JetPack 4.6)
@@ -251,7 +252,8 @@ def test_an_artifact_that_disagrees_is_not_kept(tmp_path, monkeypatch, weights_f
 
     monkeypatch.setitem(export.verify.RELATIVE_TOLERANCE, "fp16", 0.0)  # FP16 rounding now counts as disagreement
     out = tmp_path / "m.onnx"
-    code = export_main(["--weights", str(weights_file), "--labels", str(labels_file), "--precision", "fp16",
+    code = export_main(["--arch", PHOTO_ARCH, "--weights", str(weights_file), "--labels", str(labels_file),
+                        "--precision", "fp16",
                         "--out", str(out)])
     printed = capsys.readouterr()
     assert code == 1
