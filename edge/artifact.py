@@ -114,7 +114,10 @@ def imagenet_labels() -> Tuple[str, ...]:
     """The 1000 ImageNet class names shipped with the package (torchvision's order)."""
     from importlib import resources
 
-    text = resources.files("edge.labels").joinpath("imagenet.txt").read_text(encoding="utf-8")
+    try:
+        text = resources.files("edge.labels").joinpath("imagenet.txt").read_text(encoding="utf-8")
+    except ModuleNotFoundError:  # running from a source checkout that was never installed
+        text = (Path(__file__).resolve().parents[1] / "labels" / "imagenet.txt").read_text(encoding="utf-8")
     return tuple(text.splitlines())
 
 
