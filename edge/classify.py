@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -33,12 +33,18 @@ class TopK:
         return {"label": self.label, "index": self.index, "score": round(self.score, 6)}
 
 
+UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """The argmax class, its softmax probability, the top-k, and how long each step took."""
+    """The argmax class, its softmax probability, the top-k, and how long each step took.
+
+    ``index`` is None when the label is ``unknown`` (the best score fell below ``--threshold``).
+    """
 
     label: str
-    index: int
+    index: Optional[int]
     score: float
     topk: Tuple[TopK, ...]
     probabilities: np.ndarray = field(repr=False, compare=False)
@@ -89,9 +95,10 @@ class Classifier:
             raise ClassifyError(str(exc)) from None
         prepared = time.perf_counter()
         logits = self.backend.run(batch)[0]
-        done = time.perf_counter()
+        inferred = time.perf_counter()
         prediction = self.prediction_from_logits(logits)
-        prediction.ms.update(preprocess=(prepared - started) * 1e3, infer=(done - prepared) * 1e3)
+        prediction.ms.update(preprocess=(prepared - started) * 1e3, infer=(inferred - prepared) * 1e3,
+                             topk=(time.perf_counter() - inferred) * 1e3)
         return prediction
 
     def prediction_from_logits(self, logits: np.ndarray, ms: Optional[Dict[str, float]] = None) -> Prediction:
@@ -105,6 +112,13 @@ class Classifier:
         return Prediction(top[0].label, top[0].index, top[0].score, top, probs, dict(ms or {}))
 
 
+def with_threshold(prediction: Prediction, threshold: float) -> Prediction:
+    """``prediction``, or the same one labelled ``unknown`` (index None) when its score is below ``threshold``."""
+    if prediction.score >= threshold:
+        return prediction
+    return replace(prediction, label=UNKNOWN, index=None)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable softmax of one logits vector, in float64."""
     shifted = np.asarray(logits, np.float64) - np.max(logits)
@@ -114,6 +128,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def top_indices(values: np.ndarray, k: int) -> Sequence[int]:
     """Indices of the ``k`` largest values, largest first (ties: lower index first)."""
+    if k == 1:
+        return [int(np.argmax(values))]
     if k >= len(values):
         return list(np.argsort(-values, kind="stable"))
     part = np.argpartition(-values, k - 1)[:k]

@@ -44,11 +44,50 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to run the model (default: the GPU when there is one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the provider, timings and more")
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
-    _add_stream_arguments(parser)
+    add_stream_arguments(parser)
     return parser
 
 
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the camera / video loop (``--camera``, ``--source``)."""
+    group = parser.add_argument_group("cameras, videos and streams")
+    group.add_argument("--display", action="store_true", help="show the frames with the label in a window (q quits)")
+    group.add_argument("--loop", action="store_true", help="replay a video file forever (demos, kiosks, soak tests)")
+    group.add_argument("--max-frames", type=int, metavar="N", help="stop after classifying N frames")
+    group.add_argument("--smooth", type=int, default=1, metavar="N",
+                       help="average the probabilities of the last N frames (default 1: none)")
+    group.add_argument("--threshold", type=float, default=0.0, metavar="P",
+                       help="say 'unknown' when the best probability is below P (default 0)")
+    group.add_argument("--width", type=int, metavar="W", help="ask the camera for frames W pixels wide")
+    group.add_argument("--height", type=int, metavar="H", help="ask the camera for frames H pixels high")
+    group.add_argument("--fps", type=float, metavar="F", help="ask the camera for F frames per second")
+    group.add_argument("--reconnect", type=_tries, metavar="N|forever",
+                       help="tries to get a lost camera or stream back (default 5; forever under systemd)")
+    group.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
+                       help="log FPS, per-stage ms, frame age and drops every S seconds (0: never; default 5)")
+    group.add_argument("--benchmark", action="store_true",
+                       help="at the end, print a per-stage timing table and the model's rate alone")
+
+
+def _tries(text: str) -> int:
+    """``--reconnect``: a count of tries; ``forever`` (or 0) for no limit."""
+    if text.strip().lower() == "forever":
+        return 0
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, or forever, not {text}")
+    return value
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler is in place (a model still loading)
+        print("edge-classify: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -143,17 +182,21 @@ def _progress(items: List):
     return tqdm(items, unit="img", file=sys.stderr, leave=False)
 
 
-def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from .loop import add_stream_arguments
-    except ImportError:  # the camera loop is not installed in this build
-        return
-    add_stream_arguments(parser)
-
-
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="edge-classify: %(message)s", stream=sys.stderr)
+    """Warnings for image runs; for streams also the provider and the periodic FPS line. ``-v`` adds debug."""
+    streaming = args.image is None
+    level = (logging.ERROR if args.quiet else logging.DEBUG if args.verbose and streaming
+             else logging.INFO if args.verbose or streaming else logging.WARNING)
+    logging.basicConfig(format="edge-classify: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
+    try:
+        import cv2
+
+        # OpenCV's own warnings ("can't open camera by index") would duplicate our one-line errors.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_DEBUG if args.verbose
+                                      else cv2.utils.logging.LOG_LEVEL_ERROR)
+    except (ImportError, AttributeError):
+        pass
 
 
 def _fail(message: str) -> int:

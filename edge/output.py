@@ -1,8 +1,11 @@
-"""What the user sees: a human line, a JSON line, or the label drawn on the frame.
+"""What the user sees: a human line, a JSON line, the label drawn on the frame, a window, a video.
 
     print(format_line("cat.jpg", prediction, topk=3))
     print(json_line({"source": "cat.jpg", **prediction.to_dict()}))
     write_image_atomic(Path("out/cat.jpg"), draw_label(frame, prediction))
+
+    with VideoSink(Path("out.mp4"), fps=30) as video:    # written under a temporary name,
+        video.write(draw_label(frame, prediction, fps))   # renamed into place when closed
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import cv2
 import numpy as np
@@ -19,9 +22,9 @@ import numpy as np
 from .classify import Prediction
 
 
-def format_line(source: str, prediction: Prediction, topk: int = 1) -> str:
-    """``source: label (83.1%)``, with the runners-up indented under it when ``topk`` > 1."""
-    line = f"{source}: {prediction.label} ({prediction.score:.1%})"
+def format_line(source: str, prediction: Prediction, topk: int = 1, note: str = "") -> str:
+    """``source: label (83.1%) note``, with the runners-up indented under it when ``topk`` > 1."""
+    line = f"{source}: {prediction.label} ({prediction.score:.1%})" + (f"  {note}" if note else "")
     if topk > 1:
         line += "".join(f"\n    {rank}. {k.label} ({k.score:.1%})"
                         for rank, k in enumerate(prediction.topk[:topk], start=1))
@@ -64,3 +67,59 @@ def write_image_atomic(path: Path, frame_bgr: np.ndarray) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# Container suffix -> a codec every OpenCV build can write (no H.264: pip's wheels lack an encoder for it).
+VIDEO_CODECS: Dict[str, str] = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG"}
+
+
+class VideoSink:
+    """A video file written under a temporary name and renamed into place on ``close()``.
+
+    The writer opens on the first frame (its size is the video's); later frames of another size (a
+    camera that came back at another resolution) are scaled to it. A reader never sees a half-written
+    file, and a run stopped by SIGTERM still leaves a finished, playable one.
+    """
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path = Path(path)
+        codec = VIDEO_CODECS.get(self.path.suffix.lower())
+        if codec is None:
+            raise ValueError(f"{self.path}: unknown video suffix {self.path.suffix or '(none)'!r}; use one of "
+                             f"{', '.join(VIDEO_CODECS)}")
+        self.fourcc = cv2.VideoWriter_fourcc(*codec)
+        self.fps = fps
+        self.frames = 0
+        self._writer = None
+        self._size = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.tmp-", suffix=self.path.suffix, dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        if self._writer is None:
+            self._size = (frame_bgr.shape[1], frame_bgr.shape[0])
+            self._writer = cv2.VideoWriter(str(self._tmp), self.fourcc, self.fps, self._size)
+            if not self._writer.isOpened():
+                raise ValueError(f"{self.path}: OpenCV cannot write this kind of video here")
+        if (frame_bgr.shape[1], frame_bgr.shape[0]) != self._size:
+            frame_bgr = cv2.resize(frame_bgr, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(frame_bgr)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Finish the file and move it into place (nothing is left behind if no frame was written)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.release()
+        if self.frames and self._tmp.exists():
+            os.chmod(self._tmp, 0o644)
+            os.replace(self._tmp, self.path)
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VideoSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,226 @@
+"""The camera loop on a video file against preprocess+infer alone and the seed pipeline, in one run.
+
+    python benchmarks/bench_loop.py [--frames 300] [--arch mobilenet_v2]
+
+A 640x480 MJPG video (a USB camera's frame size) is made from scikit-image's photos. Measured, each
+pipeline in its own process (ours never loads torch, as on a device):
+
+- seed: cv2 read -> RGB -> PIL -> torchvision Resize/CenterCrop/ToTensor/Normalize -> eager FP32 torch -> argmax;
+- preprocess + infer alone: edge's classify step on frames decoded beforehand (the ceiling for the loop);
+- the loop (``edge.loop.classify_frames``, the code behind ``edge-classify --source``) with JSON lines,
+  with human lines, and with JSON plus the overlay video (``--output``);
+- the output step alone: drawing the overlay and formatting the JSON line.
+
+Targets (issue 4): loop FPS >= 90% of preprocess+infer alone; overlay/JSON output <= 1 ms a frame.
+Weights are random: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench_image import make_frames, ms  # noqa: E402  (benchmarks/ is this script's folder)
+
+FPS = 30.0
+
+
+def make_video(folder: Path, frames: int) -> Path:
+    """``frames`` 640x480 frames: each photo held for a second with a slow pan, as a camera would see it."""
+    stills = [cv2.imread(str(p)) for p in make_frames(folder)]
+    path = folder / "camera.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480))
+    for i in range(frames):
+        still = stills[(i // int(FPS)) % len(stills)]
+        shift = (i % int(FPS)) * 2
+        writer.write(np.ascontiguousarray(np.roll(still, shift, axis=1)))
+    writer.release()
+    return path
+
+
+def decode_all(path: Path) -> List[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def measure_seed(artifact: Path, video: Path) -> Dict[str, float]:
+    import torch
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from export.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model(artifact.stem).eval()
+    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    capture = cv2.VideoCapture(str(video))
+    count, started = 0, time.perf_counter()
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        with torch.no_grad():
+            int(model(transform(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))[None]).argmax())
+        count += 1
+    elapsed = time.perf_counter() - started
+    return {"fps": count / elapsed, "frames": count}
+
+
+def measure_ours(artifact: Path, video: Path) -> Dict[str, object]:
+    from edge.classify import Classifier
+
+    classifier = Classifier.open(artifact, device="cpu")
+    frames = decode_all(video)
+    result: Dict[str, object] = {"alone_fps": classify_alone(classifier, frames)}
+    for name, options in (("json", {"json": True}), ("human", {}),
+                          ("json + overlay video", {"json": True, "output": str(video.with_name("out.avi"))})):
+        result[name] = run_loop(classifier, video, options)
+    result["output_alone"] = output_alone(classifier, frames)
+    return result
+
+
+def classify_alone(classifier, frames: List[np.ndarray]) -> float:
+    """Frames per second of preprocess + infer + top-k on frames already in memory (best of 2 passes)."""
+    for frame in frames[:10]:
+        classifier.classify(frame)
+    rates = []
+    for _ in range(2):
+        started = time.perf_counter()
+        for frame in frames:
+            classifier.classify(frame)
+        rates.append(len(frames) / (time.perf_counter() - started))
+    return max(rates)
+
+
+def run_loop(classifier, video: Path, overrides: Dict[str, object]) -> Dict[str, object]:
+    """The real loop over the whole file, stdout discarded; FPS and per-stage medians."""
+    from edge.loop import StageTimes, StreamOptions, StreamOutput, classify_frames
+    from edge.notify import Notifier
+    from edge.sources import Grabber, open_capture, parse_source
+
+    options = StreamOptions(stats_interval=0, **overrides)
+    stop = threading.Event()
+    spec = parse_source(source=str(video))
+    grabber = Grabber(spec, open_capture)
+    grabber.open_first()
+    output = StreamOutput(options, spec.name, stop, video_fps=lambda: FPS)
+    grabber.start()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            times: StageTimes = classify_frames(classifier, grabber, output, options, Notifier.from_environment(),
+                                                stop)
+    finally:
+        grabber.close()
+        output.close()
+    stages = {name: statistics.median(values) for name, values in times.ms.items()}
+    return {"fps": times.fps(), "frames": times.frames, "stages": stages, "age_p50": float(np.median(times.ages)),
+            "age_p95": float(np.percentile(times.ages, 95))}
+
+
+def output_alone(classifier, frames: List[np.ndarray]) -> Dict[str, float]:
+    """Median ms of drawing the overlay, and of formatting a JSON line, on the video's frames."""
+    from edge.output import draw_label, json_line
+
+    overlay, line = [], []
+    for frame in frames:
+        prediction = classifier.classify(frame)
+        t0 = time.perf_counter()
+        draw_label(frame, prediction, 29.9)
+        t1 = time.perf_counter()
+        json_line({"source": "camera.avi", "frame": 1, "time": time.time(), **prediction.to_dict()})
+        t2 = time.perf_counter()
+        overlay.append(ms(t0, t1))
+        line.append(ms(t1, t2))
+    return {"overlay": statistics.median(overlay), "json": statistics.median(line)}
+
+
+def in_subprocess(mode: str, artifact: Path, video: Path) -> Dict[str, object]:
+    command = [sys.executable, __file__, "--measure", mode, "--artifact", str(artifact), "--video", str(video)]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--arch", default="mobilenet_v2")
+    parser.add_argument("--measure", choices=("seed", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--video", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure = measure_seed if args.measure == "seed" else measure_ours
+        print(json.dumps(measure(args.artifact, args.video)))
+        return
+
+    import torch
+
+    from export.exporter import export_artifact
+    from export.zoo import build_model
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        video = make_video(folder, args.frames)
+        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
+                                   labels=[f"class {i}" for i in range(1000)], precision="fp32")
+        seed = in_subprocess("seed", artifact, video)
+        ours = in_subprocess("ours", artifact, video)
+    alone = ours["alone_fps"]
+    print(f"{args.arch} FP32 ONNX, CPU ({os.cpu_count()} cores), a {args.frames}-frame 640x480 MJPG video, "
+          f"torch {torch.__version__}, OpenCV {cv2.__version__}")
+    print()
+    print("| pipeline | FPS | ms/frame | vs preprocess+infer alone |")
+    print("|---|---:|---:|---:|")
+    print(f"| seed (cv2 read, PIL, torchvision, eager torch), one thread of work | {seed['fps']:.1f} | "
+          f"{1e3 / seed['fps']:.2f} | {seed['fps'] / alone:.0%} |")
+    print(f"| ours: preprocess + infer + top-k alone, frames in memory | {alone:.1f} | {1e3 / alone:.2f} | 100% |")
+    for name in ("json", "human", "json + overlay video"):
+        run = ours[name]
+        print(f"| ours: the loop, {name} | {run['fps']:.1f} | {1e3 / run['fps']:.2f} | {run['fps'] / alone:.0%} |")
+    stages = ours["json"]["stages"]
+    print()
+    print("Per stage, the loop with --json (median ms; decode runs on the grabber thread, beside the model):")
+    print()
+    print("| " + " | ".join(stages) + " | frame age p50 | frame age p95 |")
+    print("|" + "---:|" * (len(stages) + 2))
+    print("| " + " | ".join(f"{v:.2f}" for v in stages.values()) +
+          f" | {ours['json']['age_p50']:.1f} | {ours['json']['age_p95']:.1f} |")
+    video_out = ours["json + overlay video"]["stages"]["output"]
+    print()
+    print("| measure | value | target |")
+    print("|---|---:|---|")
+    print(f"| loop FPS / preprocess+infer alone (--json) | {ours['json']['fps'] / alone:.0%} | >= 90% |")
+    print(f"| loop speed-up over the seed pipeline | {ours['json']['fps'] / seed['fps']:.1f}x | |")
+    print(f"| output step in the loop, --json | {ours['json']['stages']['output']:.3f} ms | <= 1 ms |")
+    print(f"| overlay drawn + JSON line formatted, alone | "
+          f"{ours['output_alone']['overlay'] + ours['output_alone']['json']:.3f} ms | <= 1 ms |")
+    print(f"| output step with --output video (overlay + MJPG encode + write) | {video_out:.2f} ms | |")
+
+
+if __name__ == "__main__":
+    main()

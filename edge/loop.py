@@ -1,0 +1,347 @@
+"""The capture loop: capture -> preprocess -> infer -> top-k -> output, each step timed, until told to stop.
+
+``edge-classify --camera 0`` / ``--source URI`` land here through :func:`run_stream`::
+
+    stop = threading.Event()
+    code = run_stream(args, classifier, stop)    # 0 when stopped, at end of file or --max-frames
+
+The loop classifies the newest frame of a live source (the grabber drops the stale ones and counts
+them), or every frame of a video file in order. Each frame is stamped when it is read, so its age
+when its label comes out is known: that, not the model's time alone, is the lag a user sees.
+Every ``--stats-interval`` seconds it logs the FPS, per-stage milliseconds, frame age p50/p95 and
+drops; under systemd it reports READY, WATCHDOG pings and a STATUS line through ``edge.notify``.
+SIGINT and SIGTERM only set an event; the camera, window and video are released in ``finally``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, Iterator, List, Optional
+
+import cv2
+import numpy as np
+
+from . import sources
+from .backends import BackendError
+from .classify import Classifier, ClassifyError, Prediction, with_threshold
+from .notify import Notifier
+from .output import VideoSink, draw_label, format_line, json_line
+from .sources import Frame, Grabber, Reconnect, SourceError, SourceSpec
+
+log = logging.getLogger("edge-classify")
+
+EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE = 0, 1, 2
+POLL_S = 0.1  # how often an idle loop looks at the stop event (SIGTERM ends a run well within a second)
+STALL_S = 10.0  # a reader silent this long is hung: stop the watchdog pings so systemd restarts us
+STATUS_EVERY_S = 2.0
+STAGES = ("wait", "decode", "preprocess", "infer", "topk", "output")
+WINDOW = "edge-classify"
+
+
+@dataclass
+class StreamOptions:
+    """What the loop does, from the command line (see ``edge.cli``)."""
+
+    json: bool = False
+    display: bool = False
+    output: Optional[str] = None
+    loop: bool = False
+    max_frames: Optional[int] = None
+    smooth: int = 1
+    threshold: float = 0.0
+    reconnect: Optional[int] = None  # tries to get a lost live source back; 0: forever; None: see reconnect_policy
+    stats_interval: float = 5.0
+    benchmark: bool = False
+    topk: int = 1
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "StreamOptions":
+        return cls(json=args.json, display=args.display, output=str(args.output) if args.output else None,
+                   loop=args.loop, max_frames=args.max_frames, smooth=args.smooth, threshold=args.threshold,
+                   reconnect=args.reconnect, stats_interval=args.stats_interval, benchmark=args.benchmark,
+                   topk=args.topk)
+
+
+class Smoother:
+    """The mean of the last ``n`` frames' probabilities, so a live label does not flicker."""
+
+    def __init__(self, n: int) -> None:
+        self._window: Deque[np.ndarray] = deque(maxlen=n)
+        self._sum: Optional[np.ndarray] = None
+
+    def __call__(self, probabilities: np.ndarray) -> np.ndarray:
+        if self._sum is None:
+            self._sum = np.zeros_like(probabilities, dtype=np.float64)
+        if len(self._window) == self._window.maxlen:
+            self._sum -= self._window[0]
+        self._window.append(probabilities)
+        self._sum += probabilities
+        return self._sum / len(self._window)
+
+
+@dataclass
+class StageTimes:
+    """Per-stage milliseconds and frame ages, for the periodic log line and the end-of-run table."""
+
+    ms: Dict[str, List[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    ages: List[float] = field(default_factory=list)
+    frames: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_frame_at: Optional[float] = None
+    ended: Optional[float] = None
+    last_image: Optional[np.ndarray] = field(default=None, repr=False)
+    _mark: int = 0
+    _mark_time: float = field(default_factory=time.monotonic)
+
+    def add(self, stages: Dict[str, float], age_ms: float) -> None:
+        if self.first_frame_at is None:
+            self.first_frame_at = time.monotonic()
+        for name in STAGES:
+            self.ms[name].append(stages.get(name, 0.0))
+        self.ages.append(age_ms)
+        self.frames += 1
+
+    def fps(self) -> float:
+        """Frames per second since the first frame (start-up and model warm-up excluded), until ``finish()``."""
+        if self.first_frame_at is None or self.frames < 2:
+            return 0.0
+        return (self.frames - 1) / max((self.ended or time.monotonic()) - self.first_frame_at, 1e-9)
+
+    def finish(self) -> None:
+        self.ended = time.monotonic()
+
+    def window(self) -> str:
+        """One log line over the frames since the last call: FPS, mean ms per stage, frame age p50/p95."""
+        now, start = time.monotonic(), self._mark
+        count = self.frames - start
+        rate = count / max(now - self._mark_time, 1e-9)
+        self._mark, self._mark_time = self.frames, now
+        if not count:
+            return "no frames"
+        stages = " ".join(f"{s} {np.mean(self.ms[s][start:]):.1f}" for s in STAGES)
+        p50, p95 = np.percentile(self.ages[start:], [50, 95])
+        return f"{rate:.1f} fps | ms: {stages} | frame age p50 {p50:.0f} p95 {p95:.0f} ms"
+
+    def table(self) -> List[str]:
+        """The end-of-run per-stage table (markdown), as ``--benchmark`` prints it."""
+        lines = ["| stage | mean ms | p50 ms | p95 ms |", "|---|---:|---:|---:|"]
+        for name in STAGES + ("age",):
+            values = self.ages if name == "age" else self.ms[name]
+            if values:
+                p50, p95 = np.percentile(values, [50, 95])
+                lines.append(f"| {'frame age' if name == 'age' else name} | {np.mean(values):.2f} | {p50:.2f} | "
+                             f"{p95:.2f} |")
+        return lines
+
+
+class StreamOutput:
+    """Per frame: a JSON line, or a human line when the label changes; the overlay on a window and a video."""
+
+    def __init__(self, options: StreamOptions, source: str, stop: threading.Event,
+                 video_fps: Callable[[], float]) -> None:
+        self.options = options
+        self.source = source
+        self.stop = stop
+        self._video_fps = video_fps
+        self.video: Optional[VideoSink] = None
+        self._last_label: Optional[str] = None
+        if options.output:
+            self.video = VideoSink(options.output, fps=1.0)  # the rate is set when the first frame is known
+        if options.display:
+            cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+
+    def emit(self, number: int, frame: Frame, prediction: Prediction, fps: float, age_ms: float,
+             dropped: int) -> None:
+        if self.options.json:
+            captured = time.time() - age_ms / 1e3
+            record = {"source": self.source, "frame": number, "time": round(captured, 3),
+                      **prediction.to_dict(), "age_ms": round(age_ms, 1), "dropped": dropped}
+            print(json_line(record), flush=True)
+        elif prediction.label != self._last_label:
+            note = f"[frame {number}" + (f", {fps:.1f} fps]" if fps else "]")
+            print(format_line(self.source, prediction, self.options.topk, note), flush=True)
+        self._last_label = prediction.label
+        if self.video is None and not self.options.display:
+            return
+        overlay = draw_label(frame.image, prediction, fps)
+        if self.video is not None:
+            if self.video.frames == 0:
+                self.video.fps = self._video_fps()
+            self.video.write(overlay)
+        if self.options.display:
+            self._show(overlay)
+
+    def _show(self, overlay: np.ndarray) -> None:
+        cv2.imshow(WINDOW, overlay)
+        key = cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27) or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+            self.stop.set()
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.close()
+        if self.options.display:
+            cv2.destroyAllWindows()
+
+
+def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[threading.Event] = None) -> int:
+    """Classify ``--camera`` / ``--source`` until stopped; the exit code of edge-classify."""
+    options = StreamOptions.from_args(args)
+    stop = stop or threading.Event()
+    notifier = Notifier.from_environment()
+    try:
+        spec = sources.parse_source(camera=args.camera, source=args.source, width=args.width, height=args.height,
+                                    fps=args.fps)
+        _check_options(options, spec)
+    except (SourceError, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    grabber = Grabber(spec, sources.open_capture, reconnect=reconnect_policy(options, notifier), loop=options.loop,
+                      on_status=notifier.status)
+    output: Optional[StreamOutput] = None
+    with _stop_on_signals(stop):
+        try:
+            grabber.open_first()
+            output = StreamOutput(options, spec.name, stop,
+                                  video_fps=lambda: grabber.source_fps or spec.fps or 30.0)
+            grabber.start()
+            times = classify_frames(classifier, grabber, output, options, notifier, stop)
+        except (SourceError, BackendError) as exc:  # no camera; a model that loads but cannot run
+            return _fail(str(exc), EXIT_USAGE)
+        except (ValueError, OSError, cv2.error) as exc:  # an output that cannot be written, a display that fails
+            return _fail(str(exc).strip().splitlines()[0], EXIT_USAGE)
+        finally:
+            notifier.stopping()
+            grabber.close()
+            if output is not None:
+                output.close()
+            notifier.close()
+    _report(times, grabber, classifier, options, spec)
+    if grabber.error and not stop.is_set():
+        return _fail(grabber.error, EXIT_SOURCE_LOST)
+    return EXIT_OK
+
+
+def classify_frames(classifier: Classifier, grabber: Grabber, output: StreamOutput, options: StreamOptions,
+                    notifier: Notifier, stop: threading.Event) -> StageTimes:
+    """The loop itself: the grabber's frames through classify, smoothing and output until a reason to stop."""
+    smooth = Smoother(options.smooth)
+    times = StageTimes()
+    next_stats = next_status = time.monotonic()
+    while not stop.is_set() and (options.max_frames is None or times.frames < options.max_frames):
+        waited = time.perf_counter()
+        frame = grabber.next(timeout=POLL_S)
+        if frame is None:
+            if grabber.finished:
+                break
+            if grabber.alive(STALL_S):  # reconnecting or waiting for a slow camera, not hung
+                notifier.watchdog()
+            continue
+        wait_ms = (time.perf_counter() - waited) * 1e3
+        try:
+            prediction = classifier.classify(frame.image)
+        except ClassifyError as exc:
+            log.warning("%s frame %d: %s", grabber.spec.name, frame.number, exc)
+            continue
+        if options.smooth > 1:
+            prediction = classifier.prediction_from_probabilities(smooth(prediction.probabilities), prediction.ms)
+        prediction = with_threshold(prediction, options.threshold)
+        prediction.ms.update(wait=wait_ms, decode=frame.read_ms)
+        emitted = time.perf_counter()
+        age_ms = (time.monotonic() - frame.captured) * 1e3
+        output.emit(times.frames, frame, prediction, times.fps(), age_ms, grabber.dropped)
+        times.add(dict(prediction.ms, output=(time.perf_counter() - emitted) * 1e3), age_ms)
+        times.last_image = frame.image
+        if times.frames == 1:
+            notifier.ready(f"classifying {grabber.spec.name}")
+        notifier.watchdog()
+        now = time.monotonic()
+        if now >= next_status:
+            next_status = now + STATUS_EVERY_S
+            rate = f" | {times.fps():.1f} fps" if times.frames > 1 else ""
+            notifier.status(f"{prediction.label} {prediction.score:.0%}{rate} | {times.frames} frames | "
+                            f"{grabber.dropped} dropped")
+        if options.stats_interval and now >= next_stats:
+            if times.frames > 1:
+                log.info("%s | dropped %d", times.window(), grabber.dropped)
+            next_stats = now + options.stats_interval
+    times.finish()
+    return times
+
+
+def reconnect_policy(options: StreamOptions, notifier: Notifier) -> Reconnect:
+    """``--reconnect N`` tries (0: forever); by default forever under systemd (it has no one to ask), else 5."""
+    if options.reconnect is None:
+        return Reconnect(None if notifier.enabled else 5)
+    return Reconnect(options.reconnect or None)
+
+
+def _report(times: StageTimes, grabber: Grabber, classifier: Classifier, options: StreamOptions,
+            spec: SourceSpec) -> None:
+    """The end-of-run summary line; with ``--benchmark``, the per-stage table and the model's rate alone."""
+    if times.frames:
+        ages = np.percentile(times.ages, [50, 95])
+        log.info("%s: %d frames at %.1f fps, frame age p50 %.0f ms p95 %.0f ms, %d dropped, %d reconnects",
+                 spec.name, times.frames, times.fps(), ages[0], ages[1], grabber.dropped, grabber.reconnects)
+    if not options.benchmark or not times.frames:
+        return
+    alone = classify_rate(classifier, times.last_image)
+    out = sys.stderr if options.json else sys.stdout
+    print(f"\n{spec.name}: {times.frames} frames, {classifier.spec.arch} {classifier.spec.precision} on "
+          f"{classifier.backend.provider}\n", file=out)
+    print("\n".join(times.table()), file=out)
+    print(f"\n| measure | value |\n|---|---:|\n| loop | {times.fps():.1f} fps |\n"
+          f"| preprocess + infer alone | {alone:.1f} fps |\n| loop / alone | {times.fps() / alone:.0%} |\n"
+          f"| dropped frames | {grabber.dropped} |", file=out, flush=True)
+
+
+def classify_rate(classifier: Classifier, image: np.ndarray, seconds: float = 2.0) -> float:
+    """Frames per second of preprocess + infer + top-k alone, on one of the run's frames."""
+    classifier.classify(image)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or count < 5:
+        classifier.classify(image)
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
+def _check_options(options: StreamOptions, spec: SourceSpec) -> None:
+    if options.loop and spec.live:
+        raise ValueError(f"--loop replays a video file; {spec.name} is a live source")
+    if options.smooth < 1:
+        raise ValueError(f"--smooth must be at least 1 frame, not {options.smooth}")
+    if not 0.0 <= options.threshold <= 1.0:
+        raise ValueError(f"--threshold is a probability between 0 and 1, not {options.threshold}")
+    if options.max_frames is not None and options.max_frames < 1:
+        raise ValueError(f"--max-frames must be at least 1, not {options.max_frames}")
+    if options.display and not sources.opencv_has_gui():
+        raise ValueError("--display: this OpenCV has no GUI support (opencv-python-headless); pip install "
+                         "opencv-python, or drop --display and use --output FILE")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (the loop ends within ``POLL_S`` or one frame); old handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, _frame: stop.set())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"edge-classify: {message}", file=sys.stderr, flush=True)
+    return code

@@ -1,0 +1,373 @@
+"""Where live frames come from: USB and CSI cameras, video files, network streams, GStreamer pipelines.
+
+``parse_source`` turns ``--camera N`` / ``--source URI`` into a :class:`SourceSpec`; a :class:`Grabber`
+thread reads it and hands the loop frames stamped at capture::
+
+    spec = parse_source(source="csi://0", width=1280, height=720, fps=30)
+    grabber = Grabber(spec, open_capture, reconnect=Reconnect(tries=5))
+    grabber.open_first()             # SourceError if the camera is not there
+    grabber.start()
+    frame = grabber.next(timeout=0.25)   # the newest frame (live), or the next in order (a file)
+
+A live source keeps only the newest frame, so a slow model never works on a stale one; the frames it
+overwrites are counted in ``grabber.dropped``. A video file is read in order, every frame, through a
+small bounded queue (decoding overlaps inference). A live source that fails is reopened with
+backoff, a bounded number of times or forever (``Reconnect(tries=None)``, as under systemd).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Deque, Optional, Union
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+ORDERED_QUEUE = 4  # frames a video file's reader may run ahead of the model
+STREAM_OPEN_TIMEOUT_MS, STREAM_READ_TIMEOUT_MS = 10_000, 5_000
+BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
+CSI_DEFAULT = (1280, 720, 30)
+GSTREAMER_HINT = ("this OpenCV has no GStreamer support (pip's opencv-python wheels have none): on a Jetson use "
+                  "JetPack's OpenCV (sudo apt install python3-opencv; in a venv, create it with "
+                  "--system-site-packages and pip uninstall opencv-python opencv-python-headless)")
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or read; the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One video source: what the user called it, what OpenCV opens, and whether it is live."""
+
+    name: str  # as reported in the output ("source")
+    kind: str  # "camera", "csi", "file", "stream" or "gstreamer"
+    target: Union[int, str]  # what cv2.VideoCapture opens
+    api: int  # the cv2.CAP_* backend to open it with
+    width: Optional[int] = None
+    height: Optional[int] = None
+    fps: Optional[float] = None
+
+    @property
+    def live(self) -> bool:
+        """Live sources drop stale frames and reconnect; a video file is read in order and ends."""
+        return self.kind != "file"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A frame as captured: the BGR image, its number from the source, when it was read and how long that took."""
+
+    image: np.ndarray
+    number: int
+    captured: float  # time.monotonic() when the read returned
+    read_ms: float
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """How hard to try to get a lost live source back: ``tries`` attempts, or forever when ``None``."""
+
+    tries: Optional[int] = 5
+
+    @property
+    def forever(self) -> bool:
+        return self.tries is None
+
+    def delays(self):
+        """Backoff before each attempt: 0.5 s doubling up to 10 s, for ``tries`` attempts (or forever)."""
+        attempt = 0
+        while self.tries is None or attempt < self.tries:
+            yield min(BACKOFF_START_S * 2 ** attempt, BACKOFF_MAX_S)
+            attempt += 1
+
+
+def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, width: Optional[int] = None,
+                 height: Optional[int] = None, fps: Optional[float] = None) -> SourceSpec:
+    """``--camera N`` or ``--source URI`` as a :class:`SourceSpec` (SourceError for a file that is not there)."""
+    size = dict(width=width, height=height, fps=fps)
+    if camera is not None:
+        return SourceSpec(f"/dev/video{camera}", "camera", camera, _v4l2(), **size)
+    assert source is not None
+    text = source.strip()
+    csi = re.fullmatch(r"csi://(\d+)", text)
+    if csi:
+        _require_gstreamer("csi://")
+        return SourceSpec(text, "csi", csi_pipeline(int(csi.group(1)), width, height, fps), cv2.CAP_GSTREAMER,
+                          **size)
+    if re.fullmatch(r"/dev/video\d+", text):
+        return SourceSpec(text, "camera", text, _v4l2(), **size)
+    if text.isdigit():
+        return SourceSpec(f"/dev/video{text}", "camera", int(text), _v4l2(), **size)
+    if "!" in text:
+        _require_gstreamer("a GStreamer pipeline")
+        return SourceSpec(text, "gstreamer", text, cv2.CAP_GSTREAMER, **size)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in STREAM_SCHEMES:
+        api = cv2.CAP_FFMPEG if _has_backend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+        return SourceSpec(text, "stream", text, api, **size)
+    if scheme:
+        raise SourceError(f"{text}: unknown source scheme {scheme!r} (use csi://N, /dev/videoN, a video file, "
+                          f"{', '.join(s + '://' for s in STREAM_SCHEMES[:5])}... or a GStreamer pipeline)")
+    path = Path(text)
+    if not path.is_file():
+        raise SourceError(f"{text}: no such video file" if not path.exists() else f"{text}: not a video file")
+    return SourceSpec(text, "file", str(path), cv2.CAP_ANY, **size)
+
+
+def csi_pipeline(sensor: int, width: Optional[int], height: Optional[int], fps: Optional[float]) -> str:
+    """The Jetson CSI camera pipeline: Argus capture in NVMM, converted to BGR, newest buffer only."""
+    w, h, f = width or CSI_DEFAULT[0], height or CSI_DEFAULT[1], int(round(fps or CSI_DEFAULT[2]))
+    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={w}, height={h}, "
+            f"framerate={f}/1, format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
+            f"video/x-raw, format=BGR ! appsink drop=1 max-buffers=1 sync=false")
+
+
+def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
+    """An opened ``cv2.VideoCapture`` for ``spec``, set to its size and rate (SourceError if it will not open)."""
+    params = []
+    if spec.kind == "stream" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+        # Without these a dead RTSP server can block a read for minutes.
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS]
+    capture = cv2.VideoCapture(spec.target, spec.api, params) if params else cv2.VideoCapture(spec.target, spec.api)
+    if not capture.isOpened():
+        capture.release()
+        raise SourceError(_cannot_open(spec))
+    if spec.kind == "camera":
+        capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's queue is lag too
+        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, spec.width), (cv2.CAP_PROP_FRAME_HEIGHT, spec.height),
+                            (cv2.CAP_PROP_FPS, spec.fps)):
+            if value:
+                capture.set(prop, value)
+    return capture
+
+
+def _cannot_open(spec: SourceSpec) -> str:
+    if spec.kind == "camera":
+        return (f"cannot open camera {spec.name}: is it plugged in (v4l2-ctl --list-devices lists cameras) "
+                "and is your user in the video group?")
+    if spec.kind == "csi":
+        return (f"cannot open {spec.name}: is the CSI camera connected and nvargus-daemon running "
+                "(sudo systemctl restart nvargus-daemon)?")
+    if spec.kind == "file":
+        return f"{spec.name}: not a video OpenCV can decode"
+    return f"cannot open {spec.name}: check the address and that the stream is up"
+
+
+class FrameBuffer:
+    """Frames from the grabber thread to the loop: newest-only (live) or a bounded FIFO (a file)."""
+
+    def __init__(self, latest_only: bool) -> None:
+        self.latest_only = latest_only
+        self._frames: Deque[Frame] = deque()
+        self._capacity = 1 if latest_only else ORDERED_QUEUE
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, frame: Frame, stop: threading.Event) -> None:
+        """Add a frame; live: replace an unread one (counted as dropped); file: wait for room."""
+        with self._cond:
+            if self.latest_only:
+                self.dropped += len(self._frames)
+                self._frames.clear()
+            else:
+                while len(self._frames) >= self._capacity and not stop.is_set() and not self._closed:
+                    self._cond.wait(0.1)
+            self._frames.append(frame)
+            self._cond.notify_all()
+
+    def get(self, timeout: float) -> Optional[Frame]:
+        """The next frame, or None after ``timeout`` seconds or once closed and empty."""
+        with self._cond:
+            if not self._frames and not self._closed:
+                self._cond.wait(timeout)
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Grabber:
+    """Reads a source on its own thread; reconnects a lost live source; replays a file with ``loop``."""
+
+    def __init__(self, spec: SourceSpec, opener: Callable[[SourceSpec], "cv2.VideoCapture"], *,
+                 reconnect: Reconnect = Reconnect(), loop: bool = False,
+                 on_status: Callable[[str], None] = lambda text: None) -> None:
+        self.spec = spec
+        self._open = opener
+        self.reconnect = reconnect
+        self.loop = loop
+        self._on_status = on_status
+        self._buffer = FrameBuffer(latest_only=spec.live)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edge-grabber", daemon=True)
+        self._capture = None
+        self._count = 0
+        self.heartbeat = time.monotonic()  # the last time a read or a reconnect step finished
+        self.error: Optional[str] = None  # why the source ended, if it did not end cleanly
+        self.reconnects = 0
+        self.source_fps: Optional[float] = None
+
+    @property
+    def dropped(self) -> int:
+        return self._buffer.dropped
+
+    @property
+    def finished(self) -> bool:
+        """The source has ended (end of file, or a live source given up on) and every frame was taken."""
+        return self._buffer.closed
+
+    def open_first(self) -> None:
+        """Open the source now, so a missing camera is reported at once (retried later if reconnecting forever)."""
+        try:
+            self._set_capture(self._open(self.spec))
+        except SourceError as exc:
+            if not (self.spec.live and self.reconnect.forever):
+                raise
+            log.warning("%s; will keep trying", exc)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def next(self, timeout: float) -> Optional[Frame]:
+        """The frame to classify next, or None if none came within ``timeout`` seconds."""
+        return self._buffer.get(timeout)
+
+    def alive(self, within: float) -> bool:
+        """Whether the reader made progress (a frame, a failed read, a reconnect step) in the last ``within`` s."""
+        return time.monotonic() - self.heartbeat < within
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop reading and release the source (left to the process's exit if a read is stuck in the driver)."""
+        self._stop.set()
+        self._buffer.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("%s: the capture thread is stuck in a read; leaving it to exit with the process",
+                        self.spec.name)
+        elif self._capture is not None:
+            self._release()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._capture is None and not self._recover():
+                    break
+                self._read_one()
+        except Exception as exc:  # a backend error must end the loop with a line, not kill the thread silently
+            self.error = f"{self.spec.name}: capture failed: {exc}"
+        finally:
+            self._buffer.close()
+
+    def _read_one(self) -> None:
+        started = time.monotonic()
+        ok, image = self._capture.read()
+        self.heartbeat = done = time.monotonic()
+        if ok and image is not None and image.size:
+            self._buffer.put(Frame(image, self._count, done, (done - started) * 1e3), self._stop)
+            self._count += 1
+        else:
+            self._release()
+
+    def _recover(self) -> bool:
+        """After the source ended or failed: reopen it as the mode says. False when there is nothing more."""
+        if not self.spec.live:
+            if not self.loop or self._count == 0:
+                return False
+            log.debug("%s: end of file, replaying (--loop)", self.spec.name)
+            return self._try_open(quiet=False)
+        if self._count:
+            log.warning("%s: lost the source; reconnecting", self.spec.name)
+        for attempt, delay in enumerate(self.reconnect.delays(), start=1):
+            self._on_status(f"reconnecting to {self.spec.name} (try {attempt})")
+            if self._sleep(delay) and self._try_open(quiet=True):
+                self.reconnects += 1
+                log.warning("%s: reconnected after %d tries", self.spec.name, attempt)
+                return True
+            if self._stop.is_set():
+                return False
+        self.error = f"{self.spec.name}: the source is gone and {self.reconnect.tries} reconnect tries failed"
+        return False
+
+    def _try_open(self, *, quiet: bool) -> bool:
+        try:
+            self._set_capture(self._open(self.spec))
+            return True
+        except SourceError as exc:
+            (log.debug if quiet else log.warning)("%s", exc)
+            if not quiet:
+                self.error = str(exc)
+            return False
+        finally:
+            self.heartbeat = time.monotonic()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` in small steps, keeping the heartbeat fresh; False if asked to stop."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            self.heartbeat = now = time.monotonic()
+            if now >= deadline:
+                return True
+            self._stop.wait(min(0.2, deadline - now))
+        return False
+
+    def _set_capture(self, capture) -> None:
+        self._capture = capture
+        fps = capture.get(cv2.CAP_PROP_FPS) if hasattr(capture, "get") else 0.0
+        if fps and 0 < fps < 1000:
+            self.source_fps = float(fps)
+
+    def _release(self) -> None:
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.release()
+
+
+def opencv_has_gui() -> bool:
+    """Whether this OpenCV can open a window (pip's -headless wheels cannot)."""
+    try:
+        cv2.namedWindow("edge-classify-probe", cv2.WINDOW_AUTOSIZE)
+        cv2.destroyWindow("edge-classify-probe")
+        return True
+    except cv2.error:
+        return False
+
+
+def _require_gstreamer(what: str) -> None:
+    if not _has_backend(cv2.CAP_GSTREAMER):
+        raise SourceError(f"{what} needs GStreamer, but {GSTREAMER_HINT}")
+
+
+def _has_backend(api: int) -> bool:
+    registry = getattr(cv2, "videoio_registry", None)
+    if registry is not None and hasattr(registry, "hasBackend"):
+        return bool(registry.hasBackend(api))
+    name = {cv2.CAP_GSTREAMER: "GStreamer", cv2.CAP_FFMPEG: "FFMPEG"}.get(api, "")
+    return bool(re.search(rf"{name}:\s+YES", cv2.getBuildInformation()))
+
+
+def _v4l2() -> int:
+    return cv2.CAP_V4L2 if os.name == "posix" and Path("/dev").is_dir() and _has_backend(cv2.CAP_V4L2) else cv2.CAP_ANY
