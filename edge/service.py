@@ -1,0 +1,541 @@
+"""``edge-service``: run edge-classify at boot as a hardened systemd service, remove it, see how it does.
+
+    sudo edge-service install --model /opt/models/mobilenet_v2_fp16.onnx --source csi://0 --json
+    edge-service status                          # systemctl status + the last STATUS= line of the loop
+    journalctl -u edge-classify -f               # its logs
+    sudo edge-service uninstall
+
+``install`` renders ``systemd/edge-classify.service`` to ``/etc/systemd/system/NAME.service`` and
+``systemd/edge-classify.env`` to ``/etc/default/NAME`` (model, source and extra flags: edit and restart),
+then runs ``systemctl daemon-reload``, ``enable`` and ``restart --no-block``. ``--root DIR`` writes under
+DIR and runs no systemctl (packaging, tests); ``--dry-run`` prints the files and touches nothing.
+
+Decisions worth knowing:
+- The model stays where it is (the environment file names it). When the model, the venv or
+  edge-classify lives under /home, the unit gets ``ProtectHome=read-only`` instead of ``yes``.
+- A ``csi://`` source (or a pipeline with nvarguscamerasrc) adds ``Wants=nvargus-daemon.service`` and
+  ``PrivateTmp=no``: libargus talks to nvargus-daemon over /tmp/argus_socket.
+- Flags after the install options go to ``EDGE_ARGS``, which systemd splits at spaces, so their
+  values may not contain spaces; ``--labels`` and ``--output`` are made absolute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_NAME = "edge-classify"
+UNIT_TEMPLATE, ENV_TEMPLATE = "edge-classify.service", "edge-classify.env"
+UNIT_DIR, ENV_DIR, STATE_DIR, CACHE_DIR = "etc/systemd/system", "etc/default", "var/lib", "var/cache"
+MARKER = "# Written by edge-service"  # uninstall removes only units that carry it
+SYSTEM_ROOT = Path("/")  # where install writes without --root
+SYSTEMD_RUNTIME = Path("/run/systemd/system")  # exists when systemd is the running init
+HOME_DIRS = ("/home", "/root", "/run/user")
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
+PATH_FLAGS = ("--labels", "--output")
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+NETWORK_ELEMENTS = ("rtspsrc", "souphttpsrc", "udpsrc", "tcpclientsrc", "srtsrc", "rtmpsrc")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
+
+
+class ServiceError(RuntimeError):
+    """Something the user can fix; the message is one line, ``code`` the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything a rendered unit and environment file depend on."""
+
+    name: str
+    user: str
+    command: Tuple[str, ...]  # edge-classify, absolute: the script, or python -m edge.cli
+    model: Path
+    source: str
+    args: Tuple[str, ...]  # more edge-classify flags, for EDGE_ARGS
+    protect_home: str = "yes"  # or "read-only"
+    csi: bool = False
+    network: bool = False
+    writable: Optional[Path] = None  # ReadWritePaths= (the folder of an --output)
+
+
+# ---------------------------------------------------------------------------------------------- render
+
+def render_unit(config: ServiceConfig) -> str:
+    """The unit file for ``config``: the template with its placeholders filled and its options set."""
+    text = template(UNIT_TEMPLATE).split("\n\n", 1)[1]  # without its how-to-fill-me-by-hand header
+    for placeholder, value in (("@NAME@", config.name), ("@USER@", config.user),
+                               ("@EDGE_CLASSIFY@", " ".join(exec_quote(w) for w in config.command))):
+        text = text.replace(placeholder, value)
+    text = set_key(text, "ProtectHome", config.protect_home)
+    if config.csi:
+        text = uncomment(text, "Wants=nvargus-daemon.service")
+        text = set_key(text, "PrivateTmp", "no")
+    if config.network:
+        text = uncomment(text, "Wants=network-online.target")
+    if config.writable is not None:
+        text = set_key(text, "ReadWritePaths", exec_quote(str(config.writable), variables=False))
+    return (f"{MARKER} {_version()} from its template {UNIT_TEMPLATE}; re-run `edge-service install` to change it.\n"
+            f"# The model, the source and the flags are in /etc/default/{config.name}: edit, then "
+            f"`systemctl restart {config.name}`.\n\n{text}")
+
+
+def render_environment(config: ServiceConfig) -> str:
+    """The environment file: model, source and the extra flags, each a NAME=value line."""
+    text = template(ENV_TEMPLATE)
+    text = set_key(text, "EDGE_MODEL", env_quote(str(config.model)))
+    text = set_key(text, "EDGE_SOURCE", env_quote(config.source))
+    text = set_key(text, "EDGE_ARGS", env_quote(" ".join(config.args)))
+    return f"{MARKER} {_version()} for {config.name}.service.\n{text}"
+
+
+def template(name: str) -> str:
+    """A file of ``systemd/`` (installed as the ``edge.systemd`` package data)."""
+    from importlib import resources
+
+    try:
+        return resources.files("edge.systemd").joinpath(name).read_text(encoding="utf-8")
+    except ModuleNotFoundError:  # a source checkout whose editable install predates edge.systemd
+        return (Path(__file__).resolve().parents[1] / "systemd" / name).read_text(encoding="utf-8")
+
+
+def set_key(text: str, key: str, value: str) -> str:
+    """``text`` with its one ``KEY=...`` (or commented ``#KEY=...``) line set to ``KEY=value``."""
+    pattern = re.compile(rf"^#?{re.escape(key)}=.*$", re.MULTILINE)
+    if len(pattern.findall(text)) != 1:
+        raise RuntimeError(f"the template has no single {key}= line")  # a bug in systemd/, not the user's
+    return pattern.sub(lambda _: f"{key}={value}", text)
+
+
+def uncomment(text: str, line: str) -> str:
+    if f"\n#{line}\n" not in text:
+        raise RuntimeError(f"the template has no #{line} line")
+    return text.replace(f"\n#{line}\n", f"\n{line}\n")
+
+
+def exec_quote(word: str, variables: bool = True) -> str:
+    """One word of a unit's command line (or, ``variables=False``, of a path list), escaped and quoted if need be."""
+    word = word.replace("%", "%%")
+    if variables:
+        word = word.replace("$", "$$")
+    if word and not re.search(r"[\s\"'\\;]", word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def env_quote(value: str) -> str:
+    """A value for an EnvironmentFile= line: bare when plain, else double-quoted with \\ " ` $ escaped."""
+    if "\n" in value or "\r" in value:
+        raise ServiceError(f"{value.splitlines()[0]}...: a value must be one line", EXIT_USAGE)
+    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]*", value):
+        return value
+    return '"' + re.sub(r'(["\\`$])', r"\\\1", value) + '"'
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+def build_config(args: argparse.Namespace, extras: Sequence[str]) -> ServiceConfig:
+    """Check the install options and the edge-classify flags; the config to render (ServiceError if bad)."""
+    name = service_name(args.name)
+    model = Path(args.model).expanduser().absolute()
+    if not model.is_file():
+        raise ServiceError(f"model file not found: {args.model}" if not model.exists()
+                           else f"--model {args.model} is not a file", EXIT_USAGE)
+    if args.camera is None and args.source is None:
+        raise ServiceError("say what to classify: --source URI (csi://0, /dev/video0, a file, rtsp://...) "
+                           "or --camera N", EXIT_USAGE)
+    if args.camera is not None and args.camera < 0:
+        raise ServiceError(f"--camera takes a camera number (0 is /dev/video0), not {args.camera}", EXIT_USAGE)
+    source = str(args.camera) if args.camera is not None else args.source.strip()
+    video = local_file(source)
+    if video is not None:
+        if not video.is_file():
+            raise ServiceError(f"--source {source}: no such video file", EXIT_USAGE)
+        source = str(video)
+    flags = edge_flags(model, source, extras)
+    labels, output = flags.labels, flags.output
+    if labels is not None and not labels.expanduser().is_file():
+        raise ServiceError(f"--labels {labels}: no such file", EXIT_USAGE)
+    output = output.expanduser().absolute() if output is not None else None
+    writable = output.parent if output is not None and not _inside(output, _service_dirs(name)) else None
+    if writable is not None and args.root is None and not args.dry_run and not writable.is_dir():
+        raise ServiceError(f"--output {flags.output}: no folder {writable} to write it in", EXIT_USAGE)
+    user = service_user(args.user, check_account=args.root is None and not args.dry_run)
+    command = tuple(edge_classify_command())
+    read = [model, labels, video, output, *map(Path, command[:1]), Path(sys.prefix), Path(__file__).parent]
+    config = ServiceConfig(name=name, user=user, command=command, model=model, source=source,
+                           args=tuple(absolute_paths(extras)), csi=is_csi(source), network=is_network(source),
+                           writable=writable,
+                           protect_home="read-only" if _needs_home(read, user) else "yes")
+    if args.root is None and not args.dry_run:
+        hidden = [p for p in read if p is not None and _inside(p.absolute(), PRIVATE_TMP_DIRS)]
+        if hidden:
+            raise ServiceError(f"{hidden[0]} is under /tmp, which the service does not share (and which boot "
+                               f"clears): move it, e.g. to /opt or /var/lib/{name}", EXIT_USAGE)
+    return config
+
+
+def edge_flags(model: Path, source: str, extras: Sequence[str]) -> argparse.Namespace:
+    """The flags the service will run edge-classify with, parsed by edge-classify's own parser."""
+    from .cli import build_parser
+
+    shown = " ".join(extras)
+    if any(word == "--image" or word.startswith("--image=") for word in extras):
+        raise ServiceError("--image: a service classifies a camera, a video or a stream (--source, --camera)",
+                           EXIT_USAGE)
+    for word in extras:
+        if re.search(r"[\s\"'\\]", word):
+            raise ServiceError(f"{word!r}: flags go to EDGE_ARGS, which systemd splits at spaces, so a value "
+                               "cannot hold spaces, quotes or backslashes (rename the file)", EXIT_USAGE)
+
+    def refuse(message: str) -> None:
+        raise ServiceError(f"edge-classify {shown}: {message}" if shown else message, EXIT_USAGE)
+
+    parser = build_parser()
+    parser.error = refuse  # type: ignore[assignment]  # one line, no exit, no usage dump
+    flags = parser.parse_args(["--model", str(model), "--source", source, *extras])
+    if flags.display:
+        raise ServiceError("--display: a service has no screen (use --output FILE for a labelled video)", EXIT_USAGE)
+    return flags
+
+
+def service_name(name: str) -> str:
+    name = name[: -len(".service")] if name.endswith(".service") else name
+    if not NAME_PATTERN.fullmatch(name):
+        raise ServiceError(f"--name {name!r}: use letters, digits and _ . - (at most 64)", EXIT_USAGE)
+    return name
+
+
+def service_user(user: Optional[str], check_account: bool) -> str:
+    """``--user``, else the account that ran sudo; never root. With ``check_account``, it must exist here."""
+    if user is None:
+        user = os.environ.get("SUDO_USER") or (_current_user() if os.geteuid() != 0 else None)
+    if not user or user == "root":
+        raise ServiceError("--user USER: the unprivileged account that runs the service (it must be able to "
+                           "read the model); the service never runs as root", EXIT_USAGE)
+    if not USER_PATTERN.fullmatch(user):
+        raise ServiceError(f"--user {user!r} is not a user name", EXIT_USAGE)
+    if check_account:
+        import grp
+        import pwd
+
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            raise ServiceError(f"no user {user!r} here: create one (sudo useradd --system --groups video "
+                               f"--no-create-home {user}) or pass another --user", EXIT_USAGE) from None
+        if uid == 0:
+            raise ServiceError(f"--user {user} is root; the service must run unprivileged", EXIT_USAGE)
+        try:
+            grp.getgrnam("video")
+        except KeyError:
+            raise ServiceError("no group 'video' here (the unit adds it for the camera and the GPU): "
+                               "sudo groupadd --system video", EXIT_FAILED) from None
+    return user
+
+
+def edge_classify_command() -> List[str]:
+    """The absolute command that runs edge-classify: the script beside this one or Python, else on PATH."""
+    folders = [Path(sys.argv[0]).absolute().parent] if sys.argv and sys.argv[0] else []
+    for folder in folders + [Path(sys.executable).parent]:  # sudo resets PATH; a venv keeps both together
+        candidate = folder / "edge-classify"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return [str(candidate)]
+    found = shutil.which("edge-classify")
+    if found:
+        return [str(Path(found).absolute())]
+    return [str(Path(sys.executable).absolute()), "-m", "edge.cli"]
+
+
+def local_file(source: str) -> Optional[Path]:
+    """The absolute path of a video-file source; None for cameras, streams and pipelines."""
+    if source.isdigit() or "://" in source or "!" in source or re.fullmatch(r"/dev/video\d+", source):
+        return None
+    return Path(source).expanduser().absolute()
+
+
+def is_csi(source: str) -> bool:
+    return bool(re.fullmatch(r"csi://\d+", source)) or "nvarguscamerasrc" in source
+
+
+def is_network(source: str) -> bool:
+    if "!" in source:
+        return any(element in source for element in NETWORK_ELEMENTS)
+    return "://" in source and source.split("://", 1)[0].lower() in NETWORK_SCHEMES
+
+
+def absolute_paths(extras: Sequence[str]) -> List[str]:
+    """``extras`` with the values of ``--labels`` and ``--output`` made absolute (the service runs elsewhere)."""
+    out: List[str] = []
+    words = list(extras)
+    while words:
+        word = words.pop(0)
+        flag, equals, value = word.partition("=")
+        if word in PATH_FLAGS and words:
+            out += [word, str(Path(words.pop(0)).expanduser().absolute())]
+        elif equals and flag in PATH_FLAGS:
+            out.append(f"{flag}={Path(value).expanduser().absolute()}")
+        else:
+            out.append(word)
+    return out
+
+
+def _needs_home(paths: Sequence[Optional[Path]], user: str) -> bool:
+    """Whether the service must see /home (read-only): a path it reads is there, or the user's own site-packages."""
+    if any(p is not None and (_inside(p.absolute(), HOME_DIRS) or _inside(p.resolve(), HOME_DIRS)) for p in paths):
+        return True
+    try:
+        import pwd
+
+        home = Path(pwd.getpwnam(user).pw_dir)
+    except (KeyError, ImportError):
+        return False
+    return _inside(home, HOME_DIRS) and any((home / ".local" / "lib").glob("python3*/site-packages"))
+
+
+def _inside(path: Path, folders: Sequence[str]) -> bool:
+    text = str(path)
+    return any(text == f or text.startswith(f.rstrip("/") + "/") for f in map(str, folders))
+
+
+def _service_dirs(name: str) -> Tuple[str, str]:
+    return f"/{STATE_DIR}/{name}", f"/{CACHE_DIR}/{name}"
+
+
+def _current_user() -> Optional[str]:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def install(args: argparse.Namespace, extras: Sequence[str]) -> int:
+    if args.root is None and not args.dry_run:
+        _require_systemd("install")
+    config = build_config(args, extras)
+    root = Path(args.root).absolute() if args.root is not None else SYSTEM_ROOT
+    files = [(unit_path(root, config.name), render_unit(config), 0o644),
+             (env_path(root, config.name), render_environment(config), 0o600)]  # it may hold stream passwords
+    if args.dry_run:
+        for path, text, _ in files:
+            print(f"# ---- {path}\n{text}", end="" if text.endswith("\n") else "\n")
+        return EXIT_OK
+    if args.root is not None:
+        _check_root(root)
+    write_files(files)
+    written = " and ".join(str(path) for path, _, _ in files)
+    if args.root is not None:
+        print(f"wrote {written}\non the target: systemctl daemon-reload && systemctl enable --now {config.name}")
+        return EXIT_OK
+    systemctl("daemon-reload")
+    systemctl("enable", "--quiet", config.name)
+    systemctl("restart", "--no-block", config.name)
+    print(f"wrote {written}\nstarted {config.name} (and enabled at boot) as {config.user}, "
+          f"ProtectHome={config.protect_home}")
+    print("the first start on TensorRT builds an engine, minutes on a Nano (cached for the next starts)")
+    print(f"  status: edge-service status --name {config.name}\n  logs:   journalctl -u {config.name} -f")
+    return EXIT_OK
+
+
+def uninstall(args: argparse.Namespace) -> int:
+    name = service_name(args.name)
+    if args.root is None and not args.dry_run:
+        _require_systemd("uninstall")
+    root = Path(args.root).absolute() if args.root is not None else SYSTEM_ROOT
+    unit, env = unit_path(root, name), env_path(root, name)
+    if not unit.is_file():
+        raise ServiceError(f"no service {name} here ({unit} does not exist)")
+    try:
+        if not unit.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
+            raise ServiceError(f"{unit} was not written by edge-service; remove it by hand if you mean to")
+    except OSError as exc:
+        raise ServiceError(f"cannot read {unit}: {exc.strerror or exc}") from None
+    doomed = [unit] + ([env] if env.is_file() else [])
+    if args.purge:
+        doomed += [root / d / name for d in (STATE_DIR, CACHE_DIR) if (root / d / name).exists()]
+    if args.dry_run:
+        stop = f"stop and disable {name}, " if args.root is None else ""
+        print(f"would {stop}remove " + ", ".join(map(str, doomed)))
+        return EXIT_OK
+    if args.root is None:
+        systemctl("disable", "--now", "--quiet", name)
+    for path in doomed:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as exc:
+            raise ServiceError(f"cannot remove {path}: {exc.strerror or exc}") from None
+    if args.root is None:
+        systemctl("daemon-reload")
+        systemctl("reset-failed", name, check=False)  # forget a failed state, if any
+    else:
+        for path in doomed:
+            _prune_empty(path.parent, root)
+    print(f"removed {name}: " + ", ".join(map(str, doomed)))
+    return EXIT_OK
+
+
+def status(args: argparse.Namespace) -> int:
+    """``systemctl status`` as is, then the last STATUS= line; the exit code of ``systemctl status``."""
+    name = service_name(args.name)
+    if shutil.which("systemctl") is None or not SYSTEMD_RUNTIME.is_dir():
+        raise ServiceError(f"systemd is not running here (no {SYSTEMD_RUNTIME}): nothing to ask")
+    sys.stdout.flush()
+    code = subprocess.run(["systemctl", "status", "--no-pager", "--lines", str(args.lines), name]).returncode
+    shown = subprocess.run(["systemctl", "show", "--property", "StatusText", "--value", name],
+                           capture_output=True, text=True)
+    line = shown.stdout.strip() if shown.returncode == 0 else ""
+    print(f"\nlast status: {line or '(none reported yet)'}", flush=True)
+    return code
+
+
+def unit_path(root: Path, name: str) -> Path:
+    return root / UNIT_DIR / f"{name}.service"
+
+
+def env_path(root: Path, name: str) -> Path:
+    return root / ENV_DIR / name
+
+
+def write_files(files: Sequence[Tuple[Path, str, int]]) -> None:
+    """Write every file, or none: each goes to a temporary name first, then all are renamed into place."""
+    staged: List[Tuple[Path, Path]] = []
+    target = Path()
+    try:
+        for target, text, mode in files:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.edge-service")
+            staged.append((temporary, target))
+            temporary.write_text(text, encoding="utf-8")
+            os.chmod(temporary, mode)
+        for temporary, target in staged:
+            os.replace(temporary, target)
+    except OSError as exc:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise ServiceError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def systemctl(*words: str, check: bool = True) -> None:
+    result = subprocess.run(["systemctl", *words], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if check and result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        raise ServiceError(f"systemctl {' '.join(words)} failed: {detail}")
+
+
+def _require_systemd(command: str) -> None:
+    if os.geteuid() != 0:
+        raise ServiceError(f"{command} writes /etc/systemd/system and runs systemctl: run it with sudo "
+                           "(or pass --root DIR to write the files only)")
+    if shutil.which("systemctl") is None or not SYSTEMD_RUNTIME.is_dir():
+        raise ServiceError(f"systemd is not running here (no {SYSTEMD_RUNTIME}): use --root DIR to write the "
+                           "files for another machine")
+
+
+def _check_root(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise ServiceError(f"--root {root} is not a folder")
+
+
+def _prune_empty(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and its parents while they are empty, stopping at ``root`` (which stays)."""
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-service",
+        description="Run edge-classify at boot as a hardened systemd service (Type=notify, watchdog, journal).")
+    commands = parser.add_subparsers(dest="command", metavar="{install,uninstall,status}")
+    commands.required = True
+
+    install_parser = commands.add_parser(
+        "install", allow_abbrev=False, help="write the unit and its environment file, enable and start it",
+        description="Write the unit and its environment file, reload systemd, enable and start the service. "
+                    "Any other edge-classify flag after these (--json, --topk K, --smooth N, --threshold P, "
+                    "--width/--height/--fps, --output FILE, --labels FILE, --backend, --device, -v/-q, ...) is "
+                    "passed to edge-classify through the environment file.",
+        usage="sudo edge-service install --model FILE (--source URI | --camera N) [--name NAME] [--user USER] "
+              "[--root DIR] [--dry-run] [edge-classify flags...]")
+    install_parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx or .ts artifact to run")
+    what = install_parser.add_mutually_exclusive_group()
+    what.add_argument("--source", metavar="URI",
+                      help="csi://N, /dev/videoN, a video file, rtsp:// or http:// stream, or a GStreamer pipeline")
+    what.add_argument("--camera", type=int, metavar="N", help="a V4L2 camera index (/dev/videoN)")
+    _common(install_parser)
+    install_parser.add_argument("--user", metavar="USER",
+                                help="the unprivileged account that runs it (default: the one that ran sudo)")
+
+    uninstall_parser = commands.add_parser("uninstall", allow_abbrev=False,
+                                           help="stop, disable and remove the service")
+    _common(uninstall_parser)
+    uninstall_parser.add_argument("--purge", action="store_true",
+                                  help="also delete its state and engine cache (/var/lib/NAME, /var/cache/NAME)")
+
+    status_parser = commands.add_parser("status", allow_abbrev=False,
+                                        help="what systemd says, and the last status line the service reported")
+    status_parser.add_argument("--name", default=DEFAULT_NAME, help=f"the service name (default {DEFAULT_NAME})")
+    status_parser.add_argument("--lines", type=int, default=10, metavar="N", help="journal lines to show (default 10)")
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default=DEFAULT_NAME, help=f"the service name (default {DEFAULT_NAME})")
+    parser.add_argument("--root", metavar="DIR", help="write under DIR instead of / and run no systemctl")
+    parser.add_argument("--dry-run", action="store_true", help="print what it would do; change nothing")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args, extras = parser.parse_known_args(argv)
+        if extras and args.command != "install":
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    except SystemExit as exc:  # argparse has printed its message
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    try:
+        if args.command == "install":
+            return install(args, extras)
+        if args.command == "uninstall":
+            return uninstall(args)
+        return status(args)
+    except ServiceError as exc:
+        print(f"edge-service: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The systemd unit template and its environment file, shipped as ``edge.systemd`` (see ``edge-service``)."""
