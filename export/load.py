@@ -95,9 +95,7 @@ def _pretrained(arch: Arch, num_classes: Optional[int]) -> LoadedModel:
     try:
         model = torchvision.models.get_model(arch.name, weights=weights)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated download a RuntimeError
-        raise WeightsError(
-            f"cannot get the pretrained {arch.name} weights ({_reason(exc)}); on a machine without internet, "
-            f"download {weights.url} elsewhere and pass it with --weights PATH") from None
+        raise pretrained_unavailable(arch.name, weights, exc) from None
     preset = weights.transforms()
     loaded = LoadedModel(model.eval(), arch.name, list(weights.meta["categories"]), preset.crop_size[0],
                          preset.resize_size[0], f"pretrained:{weights}", tuple(preset.mean), tuple(preset.std))
@@ -109,7 +107,7 @@ def _pretrained(arch: Arch, num_classes: Optional[int]) -> LoadedModel:
 
 
 def _from_state_dict_file(arch: Arch, path: Path, num_classes: Optional[int]) -> LoadedModel:
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     model = build_model(arch.name, num_classes or _classes_in_file(state, arch) or 1000)
     report = load_matching(model, state, arch)
     own = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
@@ -130,13 +128,13 @@ def _classes_in_file(state: Mapping[str, torch.Tensor], arch: Arch) -> Optional[
     return None
 
 
-def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path} (use --weights pretrained, none, or a .pth path)")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or unsafe pickles
-        raise WeightsError(f"{path} is not a PyTorch weights file that loads safely ({_reason(exc)})") from None
+        raise WeightsError(f"{path} is not a PyTorch weights file that loads safely ({error_reason(exc)})") from None
     if isinstance(obj, Mapping) and obj.get("format") == "edge-classifier-checkpoint":
         raise WeightsError(f"{path} is an edge-train checkpoint: pass it with --checkpoint")
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
@@ -161,6 +159,15 @@ def _with_labels(loaded: LoadedModel, labels: Optional[Sequence[str]]) -> Loaded
     return loaded
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(getattr(exc, "reason", None) or exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
+def pretrained_unavailable(arch_name: str, weights, exc: BaseException) -> WeightsError:
+    """The one-line error for torchvision weights that could not be downloaded (offline, say), with the way out."""
+    return WeightsError(f"cannot get the pretrained {arch_name} weights ({error_reason(exc)}); on a machine without "
+                        f"internet, download {weights.url} elsewhere and pass it with --weights PATH")
+
+
+def error_reason(exc: BaseException, limit: int = 200) -> str:
+    """The line of an exception's message that says what went wrong (a URLError's reason, torch's unpickler cause)."""
+    lines = [line.strip() for line in str(getattr(exc, "reason", None) or exc).strip().splitlines() if line.strip()]
+    # torch's weights_only refusal starts with advice; the line that names the cause comes later.
+    specific = [line for line in lines if line.startswith("WeightsUnpickler error")]
+    return (specific or lines or [type(exc).__name__])[0][:limit]

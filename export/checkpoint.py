@@ -1,0 +1,105 @@
+"""edge-train checkpoints: one dict that describes itself, written atomically, read without running code.
+
+    save_checkpoint(ckpt, Path("runs/digits.pt"))    # a temporary file beside it, then os.replace
+    ckpt = load_checkpoint(Path("runs/digits.pt"))   # torch.load(weights_only=True), then checked
+    ckpt["arch"], ckpt["classes"], ckpt["input_side"], ckpt["resize_side"], ckpt["model"]
+    checkpoint_val_images(ckpt)                      # validation photos for edge-export's parity check
+
+The keys: ``format`` ("edge-classifier-checkpoint") and ``version``; what export needs: ``arch``,
+``classes``, ``model`` (the state dict), ``input_side``, ``resize_side``, ``interpolation``, ``mean``,
+``std``, ``val_images`` (absolute paths, taken in turn from each class); what ``--resume`` needs:
+``optimizer``, ``lr_scheduler``, ``epoch`` (epochs done), ``best_acc``, ``best_epoch``, ``history`` (one
+dict per epoch) and ``args`` (the run's settings as a plain dict). Only tensors, plain containers and
+str/int/float/bool/None go in: all that ``weights_only`` loading accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
+
+import torch
+
+from .exporter import atomic_path
+from .load import WeightsError, error_reason
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "edge-classifier-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("arch", "classes", "model", "input_side", "resize_side", "mean", "std")
+VERIFY_IMAGES = 32  # how many validation images edge-export checks the artifact on
+
+
+class CheckpointError(WeightsError):
+    """A checkpoint that cannot be used; the message is one line for the user."""
+
+
+class NotACheckpointError(CheckpointError):
+    """A file that loads safely but was not written by edge-train (a plain state dict, say)."""
+
+
+def save_checkpoint(ckpt: Mapping[str, Any], path: Path) -> Path:
+    """Write ``ckpt`` to ``path`` through a temporary file, so a crash never leaves half a checkpoint."""
+    _check_plain(ckpt, "checkpoint")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(dict(ckpt), str(tmp))
+    return path
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """The checkpoint in ``path``, checked for the keys export and ``--resume`` rely on."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or unsafe pickles
+        raise CheckpointError(f"{path} is not a checkpoint that loads safely ({error_reason(exc)})") from None
+    if not (isinstance(ckpt, Mapping) and ckpt.get("format") == CHECKPOINT_FORMAT):
+        raise NotACheckpointError(f"{path} is not an edge-train checkpoint (a plain weights file goes to --weights)")
+    version = ckpt.get("version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer edge-classifier (checkpoint version {version}); "
+                              "upgrade edge-classifier to read it")
+    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: the checkpoint lacks {', '.join(missing)}")
+    classes = ckpt["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{path}: the checkpoint's classes are not a list of names")
+    return dict(ckpt)
+
+
+def checkpoint_val_images(ckpt: Mapping[str, Any], limit: int = VERIFY_IMAGES) -> List[Path]:
+    """Up to ``limit`` of the checkpoint's validation images that still exist, spread across the classes."""
+    found = []
+    for name in ckpt.get("val_images") or []:
+        path = Path(name)
+        if path.is_file():
+            found.append(path)
+            if len(found) == limit:
+                break
+    if not found and ckpt.get("val_images"):
+        log.info("none of the checkpoint's validation images exist here; verifying on the built-in photos")
+    return found
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse, at save time, what ``weights_only`` loading would refuse later (a Path, a str subclass...)."""
+    if isinstance(value, torch.Tensor) or type(value) in _PLAIN:
+        return
+    if type(value) in (dict, list, tuple):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            _check_plain(key, where)
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(f"{where} is a {type(value).__name__}, which torch.load(weights_only=True) refuses")
+

@@ -1,0 +1,225 @@
+"""Image folders for edge-train: find the classes, split off validation when there is none, read images safely.
+
+    folders = find_image_folders(Path("photos"), val_fraction=0.2, seed=0)
+    folders.classes, folders.train, folders.val      # [(Path, class index)], sorted, reproducible
+    train_set = ImageFiles(folders.train, train_transform(side=224, resize=256, augment="default"))
+    val_set = ImageFiles(folders.val, eval_transform(side=224, resize=256))
+
+Layouts: ``DIR/train/<class>/*`` and ``DIR/val/<class>/*``, or only ``DIR/<class>/*`` (or only ``DIR/train``),
+from which ``val_fraction`` of each class is split off with a fixed seed. Class names are the folder
+names, sorted, as torchvision's ``ImageFolder`` has them; hidden files and folders (``.ipynb_checkpoints``)
+are ignored. Files with an image suffix that do not open are skipped and counted, never fatal.
+
+``eval_transform`` is THE spec the device reproduces (edge/preprocess.py): PIL bilinear resize with
+antialias of the shorter side to ``resize``, then a center crop of ``side``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torchvision.transforms as T
+from torch.utils.data import Dataset, default_collate
+
+from .load import error_reason
+from .zoo import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+# What edge-classify reads, so that every validation image can be classified on the device too.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"})
+CROP_FRACTION = 0.875  # resize = side / 0.875: 224 -> 256, as torchvision's ImageNet recipe
+DEFAULT_VAL_FRACTION = 0.2
+Sample = Tuple[Path, int]
+
+
+class DataError(ValueError):
+    """An image folder edge-train cannot learn from; the message is one line for the user."""
+
+
+@dataclass
+class ImageFolders:
+    """The classes and the train and validation samples of one data folder."""
+
+    root: Path
+    classes: List[str]
+    train: List[Sample]
+    val: List[Sample]
+    split_fraction: Optional[float] = None  # the fraction split off into val; None when val/ was given
+    seed: int = 0  # the split's
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)  # unreadable images and why
+
+    def describe(self) -> str:
+        how = (f"split {self.split_fraction:.0%} of each class off for validation, seed {self.seed}"
+               if self.split_fraction else "train/ and val/")
+        return (f"{self.root}: {len(self.classes)} classes, {len(self.train)} train and {len(self.val)} val "
+                f"images ({how})")
+
+
+def resize_for(side: int) -> int:
+    """The resize side that goes with a crop of ``side`` (224 -> 256, 299 -> 342, 64 -> 73)."""
+    return round(side / CROP_FRACTION)
+
+
+def eval_crop(*, side: int, resize: int) -> Callable:
+    """PIL image -> the resized, center-cropped PIL image the model sees (and the device reproduces)."""
+    return T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+                      T.CenterCrop(side)])
+
+
+def eval_transform(*, side: int, resize: int, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> Callable:
+    """Validation: Resize + CenterCrop, then ToTensor + Normalize."""
+    return T.Compose([eval_crop(side=side, resize=resize), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def train_transform(*, side: int, resize: int, augment: str = "default", mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> Callable:
+    """Training: the tutorial's RandomResizedCrop + horizontal flip, or (``augment="none"``) the eval crop."""
+    if augment == "none":
+        return eval_transform(side=side, resize=resize, mean=mean, std=std)
+    return T.Compose([T.RandomResizedCrop(side, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def find_image_folders(root: Path, *, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> ImageFolders:
+    """The classes and samples under ``root`` (see the module's docstring for the layouts)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"no such folder: {root}" if not root.exists() else f"not a folder: {root}")
+    train_dir, val_dir = root / "train", root / "val"
+    if val_dir.is_dir() and not train_dir.is_dir():
+        raise DataError(f"{root} has val/ but no train/")
+    if train_dir.is_dir() and val_dir.is_dir():
+        classes, train, skipped = _scan(train_dir)
+        val_classes, val, val_skipped = _scan(val_dir, need_two=False)
+        if val_classes != classes:
+            raise DataError(f"train/ and val/ in {root} have different classes: {_difference(classes, val_classes)}")
+        if not val:
+            raise DataError(f"{val_dir} has no images")
+        return ImageFolders(root, classes, train, val, skipped=skipped + val_skipped)
+    classes, samples, skipped = _scan(train_dir if train_dir.is_dir() else root)
+    train, val = split_samples(samples, val_fraction=val_fraction, seed=seed)
+    if not val:
+        raise DataError(f"{root}: too few images to split off {val_fraction:.0%} for validation; "
+                        "add images or a val/ folder")
+    return ImageFolders(root, classes, train, val, val_fraction, seed, skipped)
+
+
+def split_samples(samples: Sequence[Sample], *, val_fraction: float, seed: int) -> Tuple[List[Sample], List[Sample]]:
+    """``val_fraction`` of each class (at least one image, never all) into val, the rest into train."""
+    rng = random.Random(seed)
+    by_class: dict = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    train: List[Sample] = []
+    val: List[Sample] = []
+    for target in sorted(by_class):
+        items = sorted(by_class[target])
+        rng.shuffle(items)
+        count = min(max(round(len(items) * val_fraction), 1), len(items) - 1)
+        val.extend(sorted(items[:count]))
+        train.extend(sorted(items[count:]))
+    return train, val
+
+
+def spread_across_classes(samples: Sequence[Sample], limit: int) -> List[Sample]:
+    """Up to ``limit`` samples taken in turn from each class (the first of each class, then the second...)."""
+    by_class: dict = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    queues = [by_class[t] for t in sorted(by_class)]
+    picked: List[Sample] = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        for queue in queues:
+            if rank < len(queue):
+                picked.append(queue[rank])
+                if len(picked) == limit:
+                    return picked
+    return picked
+
+
+def open_rgb(path: Path):
+    """A PIL RGB image, turned upright by its EXIF orientation, as OpenCV (the device's decoder) does."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+class ImageFiles(Dataset):
+    """``(path, class index)`` samples -> ``(transformed image, class index)``; ``None`` for an unreadable file."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            image = open_rgb(path)
+        except Exception as exc:  # PIL raises OSError, ValueError, DecompressionBombError, SyntaxError...
+            log.warning("skipping %s: %s", path, error_reason(exc))
+            return None
+        return self.transform(image), target
+
+
+def collate_readable(batch: List):
+    """``default_collate`` of the samples that could be read; ``None`` when none could."""
+    kept = [sample for sample in batch if sample is not None]
+    return default_collate(kept) if kept else None
+
+
+def _scan(folder: Path, *, need_two: bool = True) -> Tuple[List[str], List[Sample], List[Tuple[Path, str]]]:
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{folder} has no class folders: put each class's images in a folder named after it "
+                        f"({folder}/<class>/*.jpg)")
+    if need_two and len(class_dirs) < 2:
+        raise DataError(f"{folder} has one class only ({class_dirs[0].name}); a classifier needs at least two")
+    samples: List[Sample] = []
+    skipped: List[Tuple[Path, str]] = []
+    for target, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
+        readable = 0
+        for path in files:
+            reason = _unreadable(path)
+            if reason:
+                skipped.append((path, reason))
+            else:
+                samples.append((path, target))
+                readable += 1
+        if need_two and not readable:
+            raise DataError(f"class folder {class_dir} has no readable images")
+    return [d.name for d in class_dirs], samples, skipped
+
+
+def _unreadable(path: Path) -> Optional[str]:
+    """Why ``path`` is not an image PIL can open (a quick check of headers and, for PNG, checksums)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as exc:  # see ImageFiles.__getitem__
+        return error_reason(exc)
+    return None
+
+
+def _difference(train: Sequence[str], val: Sequence[str]) -> str:
+    parts = []
+    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+    if only_train:
+        parts.append(f"only in train/: {', '.join(only_train[:5])}" + (" ..." if len(only_train) > 5 else ""))
+    if only_val:
+        parts.append(f"only in val/: {', '.join(only_val[:5])}" + (" ..." if len(only_val) > 5 else ""))
+    return "; ".join(parts)
+

@@ -1,0 +1,322 @@
+"""edge-train: learns real handwritten digits, checkpoints that round-trip, resume, freezing, export parity, bad input.
+
+The data are scikit-learn's handwritten digits (real scans, 8x8) scaled up to 32 px PNGs: four classes,
+75 train and 25 val images each. resnet18 from scratch learns them in two epochs of a second each;
+resnet18 rather than mobilenet_v2 for the parity test because a barely trained mobilenet_v2 is chaotic
+(a one-grey-level difference between PIL's and OpenCV's resize flips some of its answers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from export.checkpoint import CHECKPOINT_FORMAT, checkpoint_val_images, load_checkpoint, save_checkpoint
+from export.train import main
+from export.zoo import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["digit0", "digit1", "digit2", "digit3"]
+SIDE = 32
+FAST = ["--weights", "none", "--arch", "resnet18", "--image-size", str(SIDE), "--augment", "none",
+        "--batch-size", "16", "--workers", "0"]
+
+
+def write_digits(root: Path, *, per_class: int = 100, val_every: int = 4, classes: int = 4, side: int = SIDE) -> Path:
+    """``root/train/digitN/*.png`` and ``root/val/digitN/*.png`` (every ``val_every``-th image in val)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts: Dict[int, int] = {}
+    for index, (image, target) in enumerate(zip(digits.images, digits.target)):
+        if target >= classes or counts.get(target, 0) >= per_class:
+            continue
+        rank = counts[target] = counts.get(target, 0) + 1
+        folder = root / ("val" if rank % val_every == 0 else "train") / f"digit{target}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image / 16 * 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((side, side), Image.BILINEAR).save(folder / f"{index:04d}.png")
+    return root
+
+
+def files_beside(out: Path) -> Dict[str, Path]:
+    return {"best": out, "last": out.with_name("c.last.pt"), "metrics": out.with_name("c.metrics.json"),
+            "curves": out.with_name("c.curves.png"), "grid": out.with_name("c.val.png")}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits) -> Path:
+    """Two epochs of resnet18 from scratch; the best checkpoint's path."""
+    out = tmp_path_factory.mktemp("run") / "c.pt"
+    assert main(["--data", str(digits), "--epochs", "2", "--out", str(out)] + FAST) == 0
+    return out
+
+
+def val_accuracy_of(model: torch.nn.Module, samples: List[Path], targets: List[int]) -> int:
+    from export.data import eval_transform, open_rgb
+
+    transform = eval_transform(side=SIDE, resize=37)
+    with torch.no_grad():
+        logits = model.eval()(torch.stack([transform(open_rgb(p)) for p in samples]))
+    return int((logits.argmax(1) == torch.tensor(targets)).sum())
+
+
+def test_learns_the_digits_and_writes_everything_beside_the_checkpoint(trained, digits):
+    files = files_beside(trained)
+    assert all(path.is_file() for path in files.values()), sorted(p.name for p in trained.parent.iterdir())
+    assert not [p for p in trained.parent.iterdir() if ".tmp-" in p.name]  # atomic writes leave no temp file
+    ckpt = load_checkpoint(trained)
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["arch"] == "resnet18" and ckpt["classes"] == CLASSES
+    assert (ckpt["input_side"], ckpt["resize_side"]) == (SIDE, 37)  # round(32 / 0.875)
+    assert ckpt["epoch"] in (1, 2) and len(ckpt["history"]) == ckpt["epoch"]
+    assert ckpt["best_acc"] > 0.6, ckpt["history"]  # chance is 0.25
+    assert ckpt["args"]["data"] == str(digits) and ckpt["args"]["lr"] == 0.001
+    metrics = json.loads(files["metrics"].read_text())
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
+    assert metrics["best_val_acc"] == ckpt["best_acc"] and metrics["epochs"][0]["val_images"] == 100
+    for name in ("curves", "grid"):
+        with Image.open(files[name]) as image:
+            assert image.format == "PNG" and image.width > 200 and image.height > 100
+            image.verify()
+
+
+def test_checkpoint_round_trips_into_the_same_model_and_accuracy(trained):
+    from export.load import load_checkpoint_model
+
+    ckpt = load_checkpoint(trained)
+    loaded = load_checkpoint_model(trained)
+    assert loaded.labels == CLASSES and (loaded.input_side, loaded.resize_side) == (SIDE, 37)
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in ckpt["model"].items())
+    images = checkpoint_val_images(ckpt)
+    assert len(images) == 32 and [p.parent.name for p in images[:4]] == CLASSES  # spread across the classes
+    assert loaded.verify_images == images
+    val = sorted(p for p in (Path(ckpt["args"]["data"]) / "val").rglob("*.png"))
+    best = ckpt["history"][ckpt["best_epoch"] - 1]
+    assert val_accuracy_of(loaded.model, val, [CLASSES.index(p.parent.name) for p in val]) == best["val_correct"]
+
+
+def test_resume_goes_on_as_if_never_stopped(trained, digits, tmp_path, capsys):
+    out = tmp_path / "c.pt"
+    assert main(["--data", str(digits), "--epochs", "1", "--out", str(out)] + FAST) == 0
+    assert load_checkpoint(files_beside(out)["last"])["epoch"] == 1
+    assert main(["--resume", str(files_beside(out)["last"]), "--epochs", "2"]) == 0
+    resumed, straight = load_checkpoint(files_beside(out)["last"]), load_checkpoint(files_beside(trained)["last"])
+    assert resumed["epoch"] == 2 and [row["epoch"] for row in resumed["history"]] == [1, 2]
+    assert len(json.loads(files_beside(out)["metrics"].read_text())["epochs"]) == 2
+    for key, value in straight["model"].items():  # same seeds, same order: the same weights
+        assert torch.allclose(resumed["model"][key].float(), value.float(), atol=1e-5), key
+    capsys.readouterr()
+    assert main(["--resume", str(files_beside(out)["last"]), "--epochs", "2"]) == 0
+    assert "already trained 2 of 2 epochs" in capsys.readouterr().err
+
+
+def test_export_then_edge_classify_reproduces_the_val_accuracy(trained, digits, tmp_path, capsys):
+    from edge.cli import main as classify_main
+    from export.cli import export_main
+
+    onnx = tmp_path / "digits.onnx"
+    assert export_main(["--checkpoint", str(trained), "--precision", "fp32", "--out", str(onnx)]) == 0
+    assert "32/32" in capsys.readouterr().out  # verified on the checkpoint's own val images
+    assert classify_main(["--model", str(onnx), "--image", str(digits / "val"), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    correct = sum(r["label"] == Path(r["source"]).parent.name for r in records)
+    ckpt = load_checkpoint(trained)
+    best = ckpt["history"][ckpt["best_epoch"] - 1]
+    assert len(records) == best["val_images"] == 100
+    assert correct == best["val_correct"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """Two classes, 16 train and 4 val images each: enough for one quick epoch."""
+    return write_digits(tmp_path_factory.mktemp("small"), per_class=20, val_every=5, classes=2)
+
+
+@pytest.mark.parametrize("arch, flags, frozen, trained", [
+    ("mobilenet_v2", ["--mode", "features"], ["features."], []),
+    ("mobilenet_v2", ["--freeze", "3"], ["features.0.", "features.1.", "features.2."], ["features.3."]),
+    ("resnet18", ["--freeze", "5"], ["conv1.", "bn1.", "layer1."], ["layer2."]),
+])
+def test_frozen_layers_keep_their_weights_and_statistics(arch, flags, frozen, trained, small, tmp_path):
+    torch.manual_seed(3)
+    start = build_model(arch, 1000).state_dict()  # an ImageNet-shaped file: its head is replaced
+    weights = tmp_path / "start.pth"
+    torch.save(start, weights)
+    out = tmp_path / "c.pt"
+    assert main(["--data", str(small), "--arch", arch, "--weights", str(weights), "--image-size", str(SIDE),
+                 "--epochs", "1", "--batch-size", "8", "--workers", "0", "--lr", "0.01", "--out", str(out)] + flags) == 0
+    after = load_checkpoint(out)["model"]
+
+    def unchanged(prefix: str) -> bool:  # weights and BatchNorm running statistics alike
+        return all(torch.equal(start[k], after[k]) for k in start if k.startswith(prefix))
+
+    assert [p for p in frozen if not unchanged(p)] == []
+    assert [p for p in trained if unchanged(p)] == []
+    head = "classifier.1.weight" if arch == "mobilenet_v2" else "fc.weight"
+    assert after[head].shape[0] == 2
+
+
+def test_pretrained_weights_come_through_torchvisions_download_code(small, tmp_path, monkeypatch):
+    """torchvision finds the file in its cache, as after a download: no network."""
+    import torchvision.models
+
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(4)
+    start = build_model("resnet18", 1000).state_dict()
+    torch.save(start, cache / Path(url).name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = tmp_path / "c.pt"
+    assert main(["--data", str(small), "--arch", "resnet18", "--weights", "pretrained", "--mode", "features",
+                 "--image-size", str(SIDE), "--epochs", "1", "--workers", "0", "--out", str(out)]) == 0
+    after = load_checkpoint(out)["model"]
+    assert all(torch.equal(after[k], v) for k, v in start.items() if not k.startswith("fc."))
+    assert after["fc.weight"].shape == (2, 512)
+
+
+def test_pretrained_offline_says_how_to_pass_a_local_file(small, tmp_path, monkeypatch, capsys):
+    import torchvision.models._api as api
+
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    code = main(["--data", str(small), "--out", str(tmp_path / "c.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--weights PATH" in err and "mobilenet_v2-7ebf99e0.pth" in err
+
+
+def test_unreadable_images_are_skipped_and_counted(small, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(small, data)
+    train = data / "train" / "digit0"
+    good = sorted(train.glob("*.png"))[0]
+    (train / "empty.jpg").write_bytes(b"")
+    (train / "notes.png").write_text("not an image")
+    (train / "cut.png").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (train / "README.txt").write_text("not an image suffix: ignored, not counted")
+    jpeg = train / "cut.jpg"  # its headers pass the quick check at start; it fails to decode in the loader
+    Image.open(good).convert("RGB").resize((128, 128)).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    out = tmp_path / "c.pt"
+    with caplog.at_level("WARNING"):  # batches of 10: no last batch of one image to drop
+        assert main(["--data", str(data), "--epochs", "1", "--out", str(out)] + FAST + ["--batch-size", "10"]) == 0
+    assert "skipped 3 unreadable image(s)" in caplog.text and "cut.jpg" in caplog.text
+    ckpt = load_checkpoint(out)
+    assert ckpt["skipped_images"] == 3 and ckpt["train_images"] == 33  # 32 good + cut.jpg
+    assert ckpt["history"][0]["train_images"] == 32
+
+
+def test_edge_train_command_splits_a_folder_of_class_folders(digits, tmp_path):
+    """The installed console script, in a subprocess; a folder without val/ is split 25% per class."""
+    script = Path(sys.executable).with_name("edge-train")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "export.train"]
+    out = tmp_path / "runs" / "c.pt"
+    result = subprocess.run(command + ["--data", str(digits / "train"), "--val-fraction", "0.25", "--epochs", "1",
+                                       "--out", str(out)] + FAST[:-2] + ["--workers", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert "split 25% of each class off for validation" in result.stdout
+    assert "Traceback" not in result.stderr
+    ckpt = load_checkpoint(out)
+    assert ckpt["history"][0]["val_images"] == 4 * 19 and ckpt["train_images"] == 4 * 56  # round(75 * 0.25) = 19
+    assert all("/train/" in name for name in ckpt["val_images"])
+
+
+def test_missing_torch_names_the_extra(tmp_path):
+    code = "import sys; sys.modules['torch'] = None; from export.train import main; sys.exit(main(['--help']))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.startswith("edge-train: ") and "pip install 'edge-classifier[export]'" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def _bad_inputs(tmp_path: Path, small: Path) -> Dict[str, tuple]:
+    root = tmp_path / "bad"
+    (root / "empty").mkdir(parents=True)
+    (root / "flat").mkdir()
+    shutil.copy(next(small.rglob("*.png")), root / "flat" / "a.png")
+    one = root / "one" / "cats"
+    one.mkdir(parents=True)
+    shutil.copy(next(small.rglob("*.png")), one / "a.png")
+    mismatched = root / "mismatched"
+    shutil.copytree(small, mismatched)
+    (mismatched / "val" / "digit1").rename(mismatched / "val" / "digit7")
+    only_val = root / "only_val"
+    shutil.copytree(small / "val", only_val / "val")
+    state = root / "weights.pth"
+    torch.save(build_model("resnet18", 2).state_dict(), state)
+    junk = root / "junk.pt"
+    junk.write_bytes(b"not a zip, not a pickle")
+    resnet_ckpt = root / "r.pt"
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "version": 1, "arch": "resnet18", "classes": ["digit0", "digit1"],
+                     "model": {}, "input_side": 32, "resize_side": 37, "mean": [0.5] * 3, "std": [0.5] * 3,
+                     "args": {"arch": "resnet18", "lr": 0.001, "data": str(small), "out": str(root / "x.pt")}},
+                    resnet_ckpt)
+    data = ["--data", str(small)]
+    return {
+        "missing folder": (["--data", str(root / "nope")], "no such folder"),
+        "no class folders": (["--data", str(root / "empty")], "has no class folders"),
+        "only files": (["--data", str(root / "flat")], "has no class folders"),
+        "one class only": (["--data", str(root / "one")], "one class only (cats)"),
+        "mismatched classes": (["--data", str(mismatched)], "only in train/: digit1; only in val/: digit7"),
+        "val without train": (["--data", str(only_val)], "has val/ but no train/"),
+        "unknown arch": (data + ["--arch", "resnet9000"], "unknown architecture 'resnet9000'"),
+        "resume a weights file": (["--resume", str(state)], "is not an edge-train checkpoint"),
+        "resume junk": (["--resume", str(junk)], "is not a checkpoint that loads safely"),
+        "resume missing": (["--resume", str(root / "none.pt")], "checkpoint not found"),
+        "resume with another arch": (["--resume", str(resnet_ckpt), "--arch", "alexnet"],
+                                     "--arch alexnet differs from the resumed run's resnet18"),
+        "no --data": (["--weights", "none"], "--data is required"),
+        "weights not a file": (data + ["--weights", str(root / "nope.pth")], "weights file not found"),
+        "freeze too many": (data + ["--arch", "resnet18", "--weights", "none", "--freeze", "12"],
+                            "--freeze 12: resnet18 has 9 backbone blocks"),
+        "freeze with features": (data + ["--mode", "features", "--freeze", "2"], "--freeze goes with --mode finetune"),
+        "image too small": (data + ["--arch", "alexnet", "--weights", "none", "--image-size", "32"],
+                            "--image-size 32 is too small for alexnet"),
+        "bad flag value": (data + ["--epochs", "0"], "must be a positive integer"),
+    }
+
+
+BAD_CASES = ["missing folder", "no class folders", "only files", "one class only", "mismatched classes",
+             "val without train", "unknown arch", "resume a weights file", "resume junk", "resume missing",
+             "resume with another arch", "no --data", "weights not a file", "freeze too many", "freeze with features",
+             "image too small", "bad flag value"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_gives_one_line_and_exit_2(case, small, tmp_path, capsys):
+    argv, message = _bad_inputs(tmp_path, small)[case]
+    code = main(argv + ["--out", str(tmp_path / "out" / "c.pt")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert "Traceback" not in err
+    if case != "bad flag value":  # argparse prints its usage first
+        assert err.startswith("edge-train: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "out" / "c.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_device_cuda_without_a_gpu_is_a_usage_error(small, tmp_path, capsys):
+    assert main(["--data", str(small), "--device", "cuda", "--out", str(tmp_path / "c.pt")]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err
