@@ -62,5 +62,5 @@ def ensure_default_model() -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(export_command(path), stdout=subprocess.DEVNULL)
     if result.returncode != 0 or not path.is_file():
-        raise DefaultModelError(f"could not build the default model (see the line above); pass --model FILE")
+        raise DefaultModelError("could not build the default model (see the line above); pass --model FILE")
     return path

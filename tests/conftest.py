@@ -89,3 +89,26 @@ def photo_model(photos):
     """
     names = list(photos)
     return fit_photo_model(PHOTO_ARCH, [photos[n] for n in names]), names
+
+
+@pytest.fixture(scope="session")
+def photo_onnx(tmp_path_factory, photo_model) -> Path:
+    """The photo model as an FP32 ONNX artifact."""
+    from export.exporter import export_artifact
+
+    model, labels = photo_model
+    return export_artifact(model, tmp_path_factory.mktemp("photo-onnx") / "m.onnx", arch=PHOTO_ARCH, labels=labels)
+
+
+def write_photo_video(path: Path, photos: Dict[str, np.ndarray], names: Sequence[str], frames_each: int) -> Path:
+    """A 640x480 MJPG video at 10 fps: ``frames_each`` frames of each photo in ``names``, in order."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    assert writer.isOpened()
+    for name in names:
+        frame = np.ascontiguousarray(cv2.resize(photos[name], (640, 480), interpolation=cv2.INTER_AREA)[..., ::-1])
+        for _ in range(frames_each):
+            writer.write(frame)
+    writer.release()
+    return path

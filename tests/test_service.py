@@ -18,10 +18,9 @@ import uuid
 from pathlib import Path
 from typing import List, Tuple
 
-import cv2
 import numpy as np
 import pytest
-from conftest import PHOTO_ARCH
+from conftest import write_photo_video
 
 import edge.service
 from edge.notify import Notifier
@@ -462,28 +461,13 @@ def test_the_templates_ship_as_package_data():
 # ------------------------------------------------------------------------------------------ end to end
 
 @pytest.fixture(scope="module")
-def stream_model(tmp_path_factory, photo_model) -> Path:
-    from export.exporter import export_artifact
-
-    net, labels = photo_model
-    return export_artifact(net, tmp_path_factory.mktemp("service-model") / "m.onnx", arch=PHOTO_ARCH, labels=labels)
-
-
-@pytest.fixture(scope="module")
 def looping_video(tmp_path_factory, photos) -> Path:
     """A short MJPG .avi of real photos, 4 frames each."""
-    path = tmp_path_factory.mktemp("service-video") / "photos.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
-    assert writer.isOpened()
-    for name in ("chelsea", "coffee", "rocket", "astronaut"):
-        frame = np.ascontiguousarray(cv2.resize(photos[name], (640, 480), interpolation=cv2.INTER_AREA)[..., ::-1])
-        for _ in range(4):
-            writer.write(frame)
-    writer.release()
-    return path
+    return write_photo_video(tmp_path_factory.mktemp("service-video") / "photos.avi", photos,
+                             ("chelsea", "coffee", "rocket", "astronaut"), 4)
 
 
-def test_edge_classify_under_a_fake_systemd(stream_model, looping_video, photo_model, tmp_path):
+def test_edge_classify_under_a_fake_systemd(photo_onnx, looping_video, photo_model, tmp_path):
     """READY after the first frame, WATCHDOG=1 every WATCHDOG_USEC / 2, STATUS with a label, and SIGTERM:
     STOPPING=1 and exit 0 within a second."""
     _, labels = photo_model
@@ -492,7 +476,7 @@ def test_edge_classify_under_a_fake_systemd(stream_model, looping_video, photo_m
     listener = NotifySocket(sock, str(tmp_path / "notify"))
     exe = shutil.which("edge-classify")
     command = ([exe] if exe else [sys.executable, "-m", "edge.cli"]) + [
-        "--model", str(stream_model), "--source", str(looping_video), "--loop"]
+        "--model", str(photo_onnx), "--source", str(looping_video), "--loop"]
     env = dict(os.environ, NOTIFY_SOCKET=listener.env_value, WATCHDOG_USEC="600000")  # pings every 0.3 s
     env.pop("WATCHDOG_PID", None)
     log = tmp_path / "stderr.txt"

@@ -14,11 +14,10 @@ from typing import List
 import cv2
 import numpy as np
 import pytest
-from conftest import PHOTO_ARCH
+from conftest import write_photo_video
 
 import edge.sources
 from edge.cli import main
-from export.exporter import export_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES_PER_PHOTO = 4
@@ -26,23 +25,14 @@ SHOWN = ("astronaut", "chelsea", "coffee", "rocket", "camera")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, photo_model) -> Path:
-    net, labels = photo_model
-    return export_artifact(net, tmp_path_factory.mktemp("stream-model") / "m.onnx", arch=PHOTO_ARCH, labels=labels)
+def model(photo_onnx) -> Path:
+    return photo_onnx
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory, photos) -> Path:
-    """A 640x480 MJPG video: FRAMES_PER_PHOTO frames of each photo in SHOWN, in order."""
-    path = tmp_path_factory.mktemp("video") / "photos.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
-    assert writer.isOpened()
-    for name in SHOWN:
-        frame = np.ascontiguousarray(cv2.resize(photos[name], (640, 480), interpolation=cv2.INTER_AREA)[..., ::-1])
-        for _ in range(FRAMES_PER_PHOTO):
-            writer.write(frame)
-    writer.release()
-    return path
+    """FRAMES_PER_PHOTO frames of each photo in SHOWN, in order."""
+    return write_photo_video(tmp_path_factory.mktemp("video") / "photos.avi", photos, SHOWN, FRAMES_PER_PHOTO)
 
 
 def decoded_frames(path: Path) -> List[np.ndarray]:
