@@ -137,9 +137,10 @@ def run_loop(classifier, video: Path, overrides: Dict[str, object]) -> Dict[str,
     finally:
         grabber.close()
         output.close()
-    stages = {name: statistics.median(values) for name, values in times.ms.items()}
-    return {"fps": times.fps(), "frames": times.frames, "stages": stages, "age_p50": float(np.median(times.ages)),
-            "age_p95": float(np.percentile(times.ages, 95))}
+    ages = times.history.pop("age")
+    stages = {name: statistics.median(values) for name, values in times.history.items()}
+    return {"fps": times.fps(), "frames": times.frames, "stages": stages, "age_p50": float(np.median(ages)),
+            "age_p95": float(np.percentile(ages, 95))}
 
 
 def output_alone(classifier, frames: List[np.ndarray]) -> Dict[str, float]:

@@ -87,26 +87,29 @@ class Smoother:
         return self._sum / len(self._window)
 
 
+HISTORY = 10_000  # frames kept for the end-of-run table: bounded, since a service runs for months
+TIMED = STAGES + ("age",)
+
+
 @dataclass
 class StageTimes:
-    """Per-stage milliseconds and frame ages, for the periodic log line and the end-of-run table."""
+    """Per-stage milliseconds and frame ages: the periodic log line's window, and the last ``HISTORY`` frames."""
 
-    ms: Dict[str, List[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
-    ages: List[float] = field(default_factory=list)
+    history: Dict[str, Deque[float]] = field(default_factory=lambda: {s: deque(maxlen=HISTORY) for s in TIMED})
+    recent: Dict[str, List[float]] = field(default_factory=lambda: {s: [] for s in TIMED})
     frames: int = 0
-    started: float = field(default_factory=time.monotonic)
     first_frame_at: Optional[float] = None
     ended: Optional[float] = None
     last_image: Optional[np.ndarray] = field(default=None, repr=False)
-    _mark: int = 0
-    _mark_time: float = field(default_factory=time.monotonic)
+    _window_started: float = field(default_factory=time.monotonic)
 
     def add(self, stages: Dict[str, float], age_ms: float) -> None:
         if self.first_frame_at is None:
             self.first_frame_at = time.monotonic()
-        for name in STAGES:
-            self.ms[name].append(stages.get(name, 0.0))
-        self.ages.append(age_ms)
+        for name in TIMED:
+            value = age_ms if name == "age" else stages.get(name, 0.0)
+            self.history[name].append(value)
+            self.recent[name].append(value)
         self.frames += 1
 
     def fps(self) -> float:
@@ -120,21 +123,21 @@ class StageTimes:
 
     def window(self) -> str:
         """One log line over the frames since the last call: FPS, mean ms per stage, frame age p50/p95."""
-        now, start = time.monotonic(), self._mark
-        count = self.frames - start
-        rate = count / max(now - self._mark_time, 1e-9)
-        self._mark, self._mark_time = self.frames, now
-        if not count:
-            return "no frames"
-        stages = " ".join(f"{s} {np.mean(self.ms[s][start:]):.1f}" for s in STAGES)
-        p50, p95 = np.percentile(self.ages[start:], [50, 95])
-        return f"{rate:.1f} fps | ms: {stages} | frame age p50 {p50:.0f} p95 {p95:.0f} ms"
+        now, ages = time.monotonic(), self.recent["age"]
+        rate = len(ages) / max(now - self._window_started, 1e-9)
+        line = "no frames"
+        if ages:
+            stages = " ".join(f"{s} {np.mean(self.recent[s]):.1f}" for s in STAGES)
+            p50, p95 = np.percentile(ages, [50, 95])
+            line = f"{rate:.1f} fps | ms: {stages} | frame age p50 {p50:.0f} p95 {p95:.0f} ms"
+        self.recent = {s: [] for s in TIMED}
+        self._window_started = now
+        return line
 
     def table(self) -> List[str]:
         """The end-of-run per-stage table (markdown), as ``--benchmark`` prints it."""
         lines = ["| stage | mean ms | p50 ms | p95 ms |", "|---|---:|---:|---:|"]
-        for name in STAGES + ("age",):
-            values = self.ages if name == "age" else self.ms[name]
+        for name, values in self.history.items():
             if values:
                 p50, p95 = np.percentile(values, [50, 95])
                 lines.append(f"| {'frame age' if name == 'age' else name} | {np.mean(values):.2f} | {p50:.2f} | "
@@ -287,7 +290,7 @@ def _report(times: StageTimes, grabber: Grabber, classifier: Classifier, options
             spec: SourceSpec) -> None:
     """The end-of-run summary line; with ``--benchmark``, the per-stage table and the model's rate alone."""
     if times.frames:
-        ages = np.percentile(times.ages, [50, 95])
+        ages = np.percentile(times.history["age"], [50, 95])
         log.info("%s: %d frames at %.1f fps, frame age p50 %.0f ms p95 %.0f ms, %d dropped, %d reconnects",
                  spec.name, times.frames, times.fps(), ages[0], ages[1], grabber.dropped, grabber.reconnects)
     if not options.benchmark or not times.frames:
