@@ -238,6 +238,7 @@ def classify_frames(classifier: Classifier, grabber: Grabber, output: StreamOutp
     smooth = Smoother(options.smooth)
     times = StageTimes()
     next_stats = next_status = time.monotonic()
+    stalled = False
     while not stop.is_set() and (options.max_frames is None or times.frames < options.max_frames):
         waited = time.perf_counter()
         frame = grabber.next(timeout=POLL_S)
@@ -246,6 +247,11 @@ def classify_frames(classifier: Classifier, grabber: Grabber, output: StreamOutp
                 break
             if grabber.alive(STALL_S):  # reconnecting or waiting for a slow camera, not hung
                 notifier.watchdog()
+                stalled = False
+            elif not stalled:  # under systemd the missing pings now get us restarted
+                stalled = True
+                log.warning("%s: no frame and no error for %.0f s; the camera or stream seems stuck",
+                            grabber.spec.name, STALL_S)
             continue
         wait_ms = (time.perf_counter() - waited) * 1e3
         try:

@@ -236,3 +236,37 @@ def test_sigterm_stops_a_run_at_once_and_leaves_a_playable_video(model, video, t
     records = [json.loads(line) for line in lines + rest.splitlines()]
     assert len(decoded_frames(out)) == len(records)  # finalized: every classified frame is in the file
     assert [p.name for p in tmp_path.iterdir()] == ["soak.avi"]
+
+
+def test_a_stuck_camera_is_reported_and_still_stops(model, monkeypatch, caplog):
+    """A read that never returns: the loop warns once (under systemd its watchdog pings stop) and stays stoppable."""
+    import threading
+
+    import edge.loop
+    from edge.classify import Classifier
+    from edge.notify import Notifier
+
+    class StuckCamera:
+        def read(self):
+            time.sleep(30)
+
+        def get(self, prop):
+            return 0.0
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(edge.loop, "STALL_S", 0.3)
+    spec = edge.sources.parse_source(source="rtsp://camera.local/stream")
+    grabber = edge.sources.Grabber(spec, lambda _spec: StuckCamera())
+    grabber.open_first()
+    grabber.start()
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    options = edge.loop.StreamOptions()
+    output = edge.loop.StreamOutput(options, spec.name, stop, video_fps=lambda: 30.0)
+    started = time.monotonic()
+    times = edge.loop.classify_frames(Classifier.open(model), grabber, output, options, Notifier.from_environment({}), stop)
+    assert time.monotonic() - started < 1.5 and times.frames == 0
+    grabber.close(timeout=0.1)
+    assert caplog.text.count("the camera or stream seems stuck") == 1
