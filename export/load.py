@@ -18,8 +18,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .zoo import (IMAGENET_MEAN, IMAGENET_STD, Arch, build_model, get_arch, head_of, imagenet_categories,
-                  load_matching, pretrained_weights, replace_head)
+from .zoo import (IMAGENET_MEAN, IMAGENET_STD, Arch, LoadReport, build_model, get_arch, head_of,
+                  imagenet_categories, load_matching, pretrained_weights, replace_head)
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,20 @@ def _pretrained(arch: Arch, num_classes: Optional[int]) -> LoadedModel:
 def _from_state_dict_file(arch: Arch, path: Path, num_classes: Optional[int]) -> LoadedModel:
     state = read_state_dict(path)
     model = build_model(arch.name, num_classes or _classes_in_file(state, arch) or 1000)
-    report = load_matching(model, state, arch)
-    own = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
-    if len(report.missing) > len(own) / 2:
-        raise WeightsError(f"{path}: most of {arch.name} is not in this file ({report.summary()}); "
-                           "is it weights for another architecture?")
+    report = load_fitting_weights(model, state, arch, str(path))
     if report.skipped or report.missing:
         log.warning("%s: %s", path.name, report.summary())
     return LoadedModel(model.eval(), arch.name, [], arch.input_side, arch.resize_side, f"file:{path.name}")
+
+
+def load_fitting_weights(model: nn.Module, state: Mapping[str, torch.Tensor], arch: Arch, source: str) -> LoadReport:
+    """Load what fits of ``state`` into ``model``; a WeightsError if most of the model is not there (wrong arch)."""
+    report = load_matching(model, state, arch)
+    own = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(report.missing) > len(own) / 2:
+        raise WeightsError(f"{source}: most of {arch.name} is not in this file ({report.summary()}); "
+                           "is it weights for another architecture?")
+    return report
 
 
 def _classes_in_file(state: Mapping[str, torch.Tensor], arch: Arch) -> Optional[int]:

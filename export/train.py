@@ -40,10 +40,10 @@ try:
                              save_checkpoint)
     from .data import (DEFAULT_VAL_FRACTION, ImageFiles, ImageFolders, collate_readable, eval_crop, eval_transform,
                        find_image_folders, open_rgb, resize_for, spread_across_classes, train_transform)
-    from .load import WeightsError, error_reason, pretrained_unavailable, read_state_dict
+    from .load import error_reason, load_fitting_weights, pretrained_unavailable, read_state_dict
     from .report import write_curves, write_metrics, write_val_grid
     from .zoo import (ARCHITECTURES, DEFAULT_ARCH, IMAGENET_MEAN, IMAGENET_STD, Arch, backbone_blocks, build_model,
-                      get_arch, load_matching, pretrained_weights)
+                      get_arch, pretrained_weights)
 except ImportError as exc:  # the export extra is missing: main() says which one to install
     _MISSING: Optional[ImportError] = exc
 else:
@@ -217,11 +217,7 @@ def create_model(arch: Arch, num_classes: int, weights: str) -> Tuple[nn.Module,
     if weights == "none":
         return model, "random initialisation"
     state, source = _initial_state(arch, weights)
-    report = load_matching(model, state, arch)
-    own = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
-    if len(report.missing) > len(own) / 2:
-        raise WeightsError(f"{weights}: most of {arch.name} is not in this file ({report.summary()}); "
-                           "is it weights for another architecture?")
+    report = load_fitting_weights(model, state, arch, weights)
     head = (f"{arch.head}.weight", f"{arch.head}.bias")
     if any(k not in head for k in report.skipped + report.missing):
         log.warning("%s: %s", source, report.summary())
