@@ -13,13 +13,14 @@ NCHW, the side comes from the shape, ImageNet statistics are assumed, and 1000-c
 ImageNet labels shipped in ``edge.labels``.
 """
 
-from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
+
+from .resources import package_text
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,7 @@ def read_labels(path: Path) -> Tuple[str, ...]:
 
 def imagenet_labels() -> Tuple[str, ...]:
     """The 1000 ImageNet class names shipped with the package (torchvision's order)."""
-    from importlib import resources
-
-    try:
-        text = resources.files("edge.labels").joinpath("imagenet.txt").read_text(encoding="utf-8")
-    except ModuleNotFoundError:  # running from a source checkout that was never installed
-        text = (Path(__file__).resolve().parents[1] / "labels" / "imagenet.txt").read_text(encoding="utf-8")
+    text = package_text("edge.labels", "imagenet.txt")
     return tuple(text.splitlines())
 
 

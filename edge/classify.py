@@ -5,7 +5,6 @@
     prediction.label, prediction.score, prediction.ms      # 'tabby', 0.83, {'preprocess': 0.4, 'infer': 5.1}
 """
 
-from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace

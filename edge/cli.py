@@ -8,7 +8,6 @@ Exit codes: 0 all done; 1 some inputs could not be classified (the rest were); 2
 model that cannot be loaded.
 """
 
-from __future__ import annotations
 
 import argparse
 import logging

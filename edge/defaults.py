@@ -8,7 +8,6 @@ device side never imports torch itself)::
     path = ensure_default_model()      # builds it if it can, else raises DefaultModelError
 """
 
-from __future__ import annotations
 
 import importlib.util
 import os

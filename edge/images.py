@@ -7,7 +7,6 @@ A folder gives its images sorted, recursively; ``source`` is the path as given, 
 folder. A truncated JPEG or PNG is refused rather than classified half grey.
 """
 
-from __future__ import annotations
 
 import glob
 import os

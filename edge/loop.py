@@ -13,7 +13,6 @@ drops; under systemd it reports READY, WATCHDOG pings and a STATUS line through 
 SIGINT and SIGTERM only set an event; the camera, window and video are released in ``finally``.
 """
 
-from __future__ import annotations
 
 import argparse
 import contextlib

@@ -16,7 +16,6 @@ kills and restarts the service. Send errors are logged once and never raised: lo
 not take the camera loop down.
 """
 
-from __future__ import annotations
 
 import logging
 import os

@@ -8,7 +8,6 @@
         video.write(draw_label(frame, prediction, fps))   # renamed into place when closed
 """
 
-from __future__ import annotations
 
 import json
 import os
@@ -116,7 +115,10 @@ class VideoSink:
         if self.frames and self._tmp.exists():
             os.chmod(self._tmp, 0o644)
             os.replace(self._tmp, self.path)
-        self._tmp.unlink(missing_ok=True)
+        try:
+            self._tmp.unlink()
+        except FileNotFoundError:  # renamed into place above
+            pass
 
     def __enter__(self) -> "VideoSink":
         return self

@@ -19,7 +19,6 @@ tests/test_preprocess.py for the bounds) at a fraction of a millisecond per 640x
     batch = prep.batch([frame_bgr])            # uint8 [1, 224, 224, 3] RGB, or float32 [1, 3, 224, 224]
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache

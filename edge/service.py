@@ -19,7 +19,6 @@ Decisions worth knowing:
   values may not contain spaces; ``--labels`` and ``--output`` are made absolute.
 """
 
-from __future__ import annotations
 
 import argparse
 import os
@@ -30,6 +29,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
+
+from .resources import package_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_NAME = "edge-classify"
@@ -103,12 +104,7 @@ def render_environment(config: ServiceConfig) -> str:
 
 def template(name: str) -> str:
     """A file of ``systemd/`` (installed as the ``edge.systemd`` package data)."""
-    from importlib import resources
-
-    try:
-        return resources.files("edge.systemd").joinpath(name).read_text(encoding="utf-8")
-    except ModuleNotFoundError:  # a source checkout whose editable install predates edge.systemd
-        return (Path(__file__).resolve().parents[1] / "systemd" / name).read_text(encoding="utf-8")
+    return package_text("edge.systemd", name)
 
 
 def set_key(text: str, key: str, value: str) -> str:
@@ -407,7 +403,7 @@ def status(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     code = subprocess.run(["systemctl", "status", "--no-pager", "--lines", str(args.lines), name]).returncode
     shown = subprocess.run(["systemctl", "show", "--property", "StatusText", "--value", name],
-                           capture_output=True, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     line = shown.stdout.strip() if shown.returncode == 0 else ""
     print(f"\nlast status: {line or '(none reported yet)'}", flush=True)
     return code
@@ -436,12 +432,16 @@ def write_files(files: Sequence[Tuple[Path, str, int]]) -> None:
             os.replace(temporary, target)
     except OSError as exc:
         for temporary, _ in staged:
-            temporary.unlink(missing_ok=True)
+            try:
+                temporary.unlink()
+            except FileNotFoundError:
+                pass
         raise ServiceError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def systemctl(*words: str, check: bool = True) -> None:
-    result = subprocess.run(["systemctl", *words], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(["systemctl", *words], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            universal_newlines=True)
     if check and result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
         raise ServiceError(f"systemctl {' '.join(words)} failed: {detail}")

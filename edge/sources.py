@@ -15,7 +15,6 @@ small bounded queue (decoding overlaps inference). A live source that fails is r
 backoff, a bounded number of times or forever (``Reconnect(tries=None)``, as under systemd).
 """
 
-from __future__ import annotations
 
 import logging
 import os

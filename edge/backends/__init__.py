@@ -7,11 +7,15 @@
 Each implementation imports its runtime lazily, so ``edge`` never loads torch for an ONNX model.
 """
 
-from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Dict, List, Optional, Protocol, Tuple
+from typing import Dict, List, Optional, Tuple
+
+try:
+    from typing import Protocol  # novermin (3.8+; the except branch covers 3.6 and 3.7)
+except ImportError:  # Python < 3.8 (JetPack 4.6): the standard backport
+    from typing_extensions import Protocol  # type: ignore[assignment]
 
 import numpy as np
 

@@ -7,7 +7,6 @@ A TensorRT engine built on one machine does not load on another, so the engine c
 folder named after the model file's hash, the TensorRT version and the GPU.
 """
 
-from __future__ import annotations
 
 import ctypes.util
 import hashlib
@@ -98,9 +97,9 @@ def engine_cache_dir(model: Path) -> Path:
 
 def _tensorrt_version() -> str:
     try:
-        from importlib.metadata import version
+        import tensorrt
 
-        return version("tensorrt")
+        return str(tensorrt.__version__)
     except Exception:  # not installed as a Python distribution (JetPack's apt packages, for one)
         library = ctypes.util.find_library("nvinfer") or ""
         match = re.search(r"so\.([\d.]+)", library)
@@ -112,8 +111,8 @@ def _gpu_name() -> str:
     if jetson_model.is_file():
         return jetson_model.read_text(errors="replace").strip("\x00\n ")
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, universal_newlines=True, timeout=5, check=True).stdout
         return out.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return "gpu"

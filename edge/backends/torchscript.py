@@ -4,7 +4,6 @@
     backend.provider      # "cuda" or "cpu"
 """
 
-from __future__ import annotations
 
 import json
 import logging
