@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .fleet import add_fleet_arguments, check_fleet_arguments
+
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("edge-classify")
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log the provider, timings and more")
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
     add_stream_arguments(parser)
+    add_fleet_arguments(parser)
     return parser
 
 
@@ -95,6 +98,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     _setup_logging(args)
     if args.topk < 1:
         return _fail(f"--topk must be at least 1, not {args.topk}")
+    fleet_problem = check_fleet_arguments(args)
+    if fleet_problem:
+        return _fail(fleet_problem)
     try:
         import cv2  # noqa: F401
     except ImportError:

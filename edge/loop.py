@@ -31,6 +31,7 @@ import numpy as np
 from . import sources
 from .backends import BackendError
 from .classify import Classifier, ClassifyError, Prediction, with_threshold
+from .fleet import FleetError, FleetOutputs
 from .notify import Notifier
 from .output import VideoSink, draw_label, format_line, json_line
 from .sources import Frame, Grabber, Reconnect, SourceError, SourceSpec
@@ -161,11 +162,9 @@ class StreamOutput:
             cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
 
     def emit(self, number: int, frame: Frame, prediction: Prediction, fps: float, age_ms: float,
-             dropped: int) -> None:
+             dropped: int, record: Optional[Dict] = None) -> None:
         if self.options.json:
-            captured = time.time() - age_ms / 1e3
-            record = {"source": self.source, "frame": number, "time": round(captured, 3),
-                      **prediction.to_dict(), "age_ms": round(age_ms, 1), "dropped": dropped}
+            record = record or frame_record(self.source, number, prediction, age_ms, dropped)
             print(json_line(record), flush=True)
         elif prediction.label != self._last_label:
             note = f"[frame {number}" + (f", {fps:.1f} fps]" if fps else "]")
@@ -194,6 +193,13 @@ class StreamOutput:
             cv2.destroyAllWindows()
 
 
+def frame_record(source: str, number: int, prediction: Prediction, age_ms: float, dropped: int) -> Dict:
+    """A frame's result as ``--json`` prints it (and MQTT publishes it)."""
+    captured = time.time() - age_ms / 1e3
+    return {"source": source, "frame": number, "time": round(captured, 3), **prediction.to_dict(),
+            "age_ms": round(age_ms, 1), "dropped": dropped}
+
+
 def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[threading.Event] = None) -> int:
     """Classify ``--camera`` / ``--source`` until stopped; the exit code of edge-classify."""
     options = StreamOptions.from_args(args)
@@ -208,14 +214,17 @@ def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[
     grabber = Grabber(spec, sources.open_capture, reconnect=reconnect_policy(options, notifier), loop=options.loop,
                       on_status=notifier.status)
     output: Optional[StreamOutput] = None
+    fleet: Optional[FleetOutputs] = None
     with _stop_on_signals(stop):
         try:
             grabber.open_first()
+            fleet = FleetOutputs.open(args, spec.name, classifier)
+            fleet.watch(grabber)
             output = StreamOutput(options, spec.name, stop,
                                   video_fps=lambda: grabber.source_fps or spec.fps or 30.0)
             grabber.start()
-            times = classify_frames(classifier, grabber, output, options, notifier, stop)
-        except (SourceError, BackendError) as exc:  # no camera; a model that loads but cannot run
+            times = classify_frames(classifier, grabber, output, options, notifier, stop, fleet)
+        except (SourceError, BackendError, FleetError) as exc:  # no camera; a model that loads but cannot run
             return _fail(str(exc), EXIT_USAGE)
         except (ValueError, OSError, cv2.error) as exc:  # an output that cannot be written, a display that fails
             return _fail(str(exc).strip().splitlines()[0], EXIT_USAGE)
@@ -224,6 +233,8 @@ def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[
             grabber.close()
             if output is not None:
                 output.close()
+            if fleet is not None:
+                fleet.close()
             notifier.close()
     _report(times, grabber, classifier, options, spec)
     if grabber.error and not stop.is_set():
@@ -232,7 +243,7 @@ def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[
 
 
 def classify_frames(classifier: Classifier, grabber: Grabber, output: StreamOutput, options: StreamOptions,
-                    notifier: Notifier, stop: threading.Event) -> StageTimes:
+                    notifier: Notifier, stop: threading.Event, fleet: Optional[FleetOutputs] = None) -> StageTimes:
     """The loop itself: the grabber's frames through classify, smoothing and output until a reason to stop."""
     smooth = Smoother(options.smooth)
     times = StageTimes()
@@ -264,8 +275,15 @@ def classify_frames(classifier: Classifier, grabber: Grabber, output: StreamOutp
         prediction.ms.update(wait=wait_ms, decode=frame.read_ms)
         emitted = time.perf_counter()
         age_ms = (time.monotonic() - frame.captured) * 1e3
-        output.emit(times.frames, frame, prediction, times.fps(), age_ms, grabber.dropped)
-        times.add(dict(prediction.ms, output=(time.perf_counter() - emitted) * 1e3), age_ms)
+        # One record for --json and MQTT, so both carry the same capture time.
+        record = frame_record(grabber.spec.name, times.frames, prediction, age_ms, grabber.dropped) \
+            if fleet is not None else None
+        output.emit(times.frames, frame, prediction, times.fps(), age_ms, grabber.dropped, record)
+        stages = dict(prediction.ms, output=(time.perf_counter() - emitted) * 1e3)
+        if fleet is not None and record is not None:  # MQTT and metrics: in the output stage, never waiting
+            fleet.frame(record, prediction, stages, age_ms, times.fps())
+            stages["output"] = (time.perf_counter() - emitted) * 1e3
+        times.add(stages, age_ms)
         times.last_image = frame.image
         if times.frames == 1:
             notifier.ready(f"classifying {grabber.spec.name}")

@@ -1,0 +1,215 @@
+"""Results and health for a fleet: the loop's MQTT publishing and Prometheus metrics, behind its flags.
+
+``edge.cli`` adds the flags (``add_fleet_arguments``); ``edge.loop`` opens the outputs before the first
+frame and hands each frame over::
+
+    fleet = FleetOutputs.open(args, source="csi://0", classifier=classifier)   # FleetError: exit 2
+    fleet.watch(grabber)
+    fleet.frame(record, prediction, stages_ms, age_ms, fps)                     # per frame, never blocks
+    fleet.close()
+
+Both are optional extras (``edge-classifier[mqtt]``, ``[metrics]``), imported only when their flag is
+given. ``--mqtt-every`` decides which frames are published: ``change`` (the label changed, as the
+console prints), ``frame`` (all) or ``N`` (every Nth); with ``change`` or ``N`` the newest result is
+also re-sent after ``--mqtt-heartbeat`` seconds without a message, so a subscriber can tell a
+steady scene from a dead camera.
+"""
+
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+log = logging.getLogger("edge-classify")
+
+DEFAULT_SPOOL_MB = 64.0
+DEFAULT_HEARTBEAT_S = 60.0
+
+
+class FleetError(RuntimeError):
+    """A fleet flag that cannot work (missing extra, refused login, port taken): one line, exit 2."""
+
+
+def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("MQTT and Prometheus (cameras, videos and streams)")
+    group.add_argument("--mqtt", metavar="URL",
+                       help="publish results to mqtt://host:1883/prefix (mqtts:// for TLS), QoS 1, to "
+                            "<prefix>/<name>/label; user and password from $EDGE_MQTT_USERNAME/$EDGE_MQTT_PASSWORD")
+    group.add_argument("--mqtt-every", type=_every, default="change", metavar="change|frame|N",
+                       help="publish when the label changes (default), every frame, or every Nth frame")
+    group.add_argument("--mqtt-heartbeat", type=float, default=DEFAULT_HEARTBEAT_S, metavar="S",
+                       help=f"re-send the newest result after S seconds without a message (default "
+                            f"{DEFAULT_HEARTBEAT_S:.0f}; 0: never)")
+    group.add_argument("--mqtt-name", metavar="NAME", help="the topic level for this source (default: from it, "
+                                                             "e.g. csi0, camera0, the video's name)")
+    group.add_argument("--mqtt-ca", metavar="FILE", help="CA certificate for mqtts:// (default: the system's)")
+    group.add_argument("--mqtt-spool", metavar="DIR",
+                       help="where results wait while the broker is away (default: $STATE_DIRECTORY/mqtt, or "
+                            "~/.local/state/edge-classify/mqtt/NAME)")
+    group.add_argument("--mqtt-spool-max", type=float, default=DEFAULT_SPOOL_MB, metavar="MB",
+                       help=f"the spool's size bound; past it the oldest results are dropped and counted "
+                            f"(default {DEFAULT_SPOOL_MB:.0f})")
+    group.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve Prometheus metrics on http://HOST:PORT/metrics")
+    group.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                       help="the address the metrics listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+
+
+def check_fleet_arguments(args: argparse.Namespace) -> Optional[str]:
+    """Why the fleet flags cannot work as given (checked before the model loads), or None."""
+    from .mqtt import PublisherError, parse_url
+
+    if getattr(args, "image", None) and (args.mqtt or args.metrics_port is not None):
+        return "--mqtt and --metrics-port are for --camera and --source (a stream of frames), not --image"
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        return f"--metrics-port must be from 0 to 65535, not {args.metrics_port}"
+    if not args.mqtt:
+        return None
+    try:
+        parse_url(args.mqtt)
+    except PublisherError as exc:
+        return str(exc)
+    if args.mqtt_name is not None and (not args.mqtt_name or any(c in args.mqtt_name for c in "/+#\0")):
+        return f"--mqtt-name {args.mqtt_name!r}: one topic level, without / + #"
+    if args.mqtt_ca and not Path(args.mqtt_ca).is_file():
+        return f"--mqtt-ca {args.mqtt_ca}: no such file"
+    if not args.mqtt_spool_max > 0:
+        return f"--mqtt-spool-max must be more than 0 MB, not {args.mqtt_spool_max}"
+    if not args.mqtt_heartbeat >= 0:
+        return f"--mqtt-heartbeat must be 0 or more seconds, not {args.mqtt_heartbeat}"
+    return None
+
+
+def _every(text: str) -> str:
+    value = text.strip().lower()
+    if value in ("change", "frame") or (value.isdigit() and int(value) >= 1):
+        return value
+    raise argparse.ArgumentTypeError(f"change, frame or a number of frames (1 or more), not {text!r}")
+
+
+class FleetOutputs:
+    """The MQTT publisher and the metrics of one run; either may be absent."""
+
+    def __init__(self, publisher: Any = None, metrics: Any = None, topic: str = "", every: str = "change",
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
+        self.publisher = publisher
+        self.metrics = metrics
+        self.topic = topic
+        self._every = every
+        self._heartbeat_s = heartbeat_s
+        self._last_label: Optional[str] = None
+        self._last_sent = time.monotonic()
+
+    @classmethod
+    def open(cls, args: argparse.Namespace, source: str, classifier: Any) -> "FleetOutputs":
+        """What the flags ask for, started; nothing (a no-op object) without them."""
+        metrics = publisher = None
+        try:
+            if getattr(args, "metrics_port", None) is not None:
+                metrics = _open_metrics(args, source, classifier)
+            if getattr(args, "mqtt", None):
+                publisher = _open_publisher(args, source)
+        except Exception:
+            if metrics is not None:
+                metrics.close()
+            raise
+        topic = f"{publisher.target.prefix}/{publisher.name}/label" if publisher is not None else ""
+        if metrics is not None and publisher is not None:
+            metrics.watch(lambda: 0, lambda: 0, publisher.stats)
+        return cls(publisher, metrics, topic, getattr(args, "mqtt_every", "change"),
+                   getattr(args, "mqtt_heartbeat", DEFAULT_HEARTBEAT_S))
+
+    def watch(self, grabber: Any) -> None:
+        """Read the grabber's drop and reconnect counts at scrape time."""
+        if self.metrics is not None:
+            self.metrics.watch(lambda: grabber.dropped, lambda: grabber.reconnects,
+                               self.publisher.stats if self.publisher is not None else None)
+
+    def frame(self, record: Dict[str, Any], prediction: Any, stages_ms: Dict[str, float], age_ms: float,
+              fps: float) -> None:
+        if self.metrics is not None:
+            self.metrics.frame(prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps)
+        if self.publisher is not None and self._due(record["frame"], prediction.label):
+            self.publisher.submit(self.topic, json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+            self._last_sent = time.monotonic()
+        self._last_label = prediction.label
+
+    def _due(self, number: int, label: str) -> bool:
+        if self._every == "frame":
+            return True
+        if self._every == "change":
+            if label != self._last_label:
+                return True
+        elif number % int(self._every) == 0:
+            return True
+        return bool(self._heartbeat_s) and time.monotonic() - self._last_sent >= self._heartbeat_s
+
+    def summary(self) -> Optional[str]:
+        if self.publisher is None:
+            return None
+        stats = self.publisher.stats
+        return (f"MQTT {self.publisher.target.url}: {stats.sent} sent, {stats.queued} waiting in the spool, "
+                f"{stats.dropped} dropped, {stats.connects} connections")
+
+    def close(self) -> None:
+        try:
+            if self.publisher is not None:
+                self.publisher.close()
+                line = self.summary()
+                if line:
+                    log.info("%s", line)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+
+def _open_metrics(args: argparse.Namespace, source: str, classifier: Any) -> Any:
+    from .metrics import Metrics, MetricsError
+
+    try:
+        metrics = Metrics(source=source, model=str(getattr(args, "model", "") or ""),
+                          arch=classifier.spec.arch, precision=classifier.spec.precision,
+                          provider=str(classifier.backend.provider), version=_version())
+        metrics.serve(args.metrics_host, args.metrics_port)
+    except MetricsError as exc:
+        raise FleetError(str(exc)) from None
+    return metrics
+
+
+def _open_publisher(args: argparse.Namespace, source: str) -> Any:
+    from .mqtt import Credentials, Publisher, PublisherError, parse_url, require_paho, topic_name
+    from .spool import Spool, SpoolError
+
+    try:
+        require_paho()  # before the spool is opened (and locked)
+        problem = check_fleet_arguments(args)  # again: run_stream may be called without edge.cli
+        if problem:
+            raise PublisherError(problem)
+        target = parse_url(args.mqtt)
+        name = args.mqtt_name or topic_name(source)
+        folder = Path(args.mqtt_spool) if args.mqtt_spool else default_spool(name)
+        spool = Spool(folder, int(args.mqtt_spool_max * 1024 * 1024))
+        publisher = Publisher(target, Credentials.from_environment(), name, spool, ca_file=args.mqtt_ca)
+        publisher.start()
+    except (PublisherError, SpoolError) as exc:
+        raise FleetError(str(exc)) from None
+    return publisher
+
+
+def default_spool(name: str) -> Path:
+    """``$STATE_DIRECTORY/mqtt`` under systemd (the unit's StateDirectory=), else the user's state folder."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state) / "mqtt"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "edge-classify" / "mqtt" / name
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

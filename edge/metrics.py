@@ -1,0 +1,163 @@
+"""Prometheus metrics of the capture loop, served over HTTP for a scraper (``--metrics-port``).
+
+    metrics = Metrics(source="csi://0", model="m.onnx", arch="mobilenet_v2", provider="CUDAExecutionProvider")
+    metrics.serve("127.0.0.1", 9101)             # MetricsError: the port is taken (exit 2)
+    metrics.frame(prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps, dropped, reconnects)
+    metrics.close()
+
+Uses the prometheus_client library (its registry, histograms and text exposition); the HTTP server is
+the standard library's, so it starts and stops the same way on every version of it (0.17 on Python
+3.6). The served names (all prefixed ``edge_classify_``) are listed in ``METRIC_NAMES`` and the README.
+Counts kept elsewhere (the grabber's drops and reconnects, the MQTT publisher's) are read at scrape
+time by a collector, so the loop pays only for the histograms.
+"""
+
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Dict, Iterator, Optional
+
+log = logging.getLogger(__name__)
+
+PREFIX = "edge_classify"
+STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+AGE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+METRIC_NAMES = (
+    "edge_classify_info", "edge_classify_frames_total", "edge_classify_fps", "edge_classify_frame_age_seconds",
+    "edge_classify_stage_seconds", "edge_classify_dropped_frames_total", "edge_classify_reconnects_total",
+    "edge_classify_prediction_score", "edge_classify_mqtt_connected", "edge_classify_mqtt_queued",
+    "edge_classify_mqtt_sent_total", "edge_classify_mqtt_dropped_total", "edge_classify_mqtt_connects_total",
+)
+
+
+class MetricsError(RuntimeError):
+    """The endpoint cannot be served (port taken, bad address) or the library is missing: one line, exit 2."""
+
+
+class Metrics:
+    """The loop's metrics in a registry of their own, and (after ``serve``) an HTTP endpoint for them."""
+
+    def __init__(self, **info: str) -> None:
+        prometheus = _import_prometheus()
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self._prometheus = prometheus
+        self.registry = CollectorRegistry()
+        self._frames = Counter(f"{PREFIX}_frames", "Frames classified", registry=self.registry)
+        self._fps = Gauge(f"{PREFIX}_fps", "Frames per second since the first frame", registry=self.registry)
+        self._age = Histogram(f"{PREFIX}_frame_age_seconds", "From capture to label (the lag a user sees)",
+                              buckets=AGE_BUCKETS, registry=self.registry)
+        self._stage = Histogram(f"{PREFIX}_stage_seconds", "Time per frame in each stage of the loop",
+                                ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
+        self._stage_children: Dict[str, Any] = {}
+        self._live = _LiveCollector(info)
+        self.registry.register(self._live)
+        self._server: Optional[HTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, dropped: Callable[[], int], reconnects: Callable[[], int], mqtt: Optional[Any] = None) -> None:
+        """Where the counts kept elsewhere are read at scrape time (the grabber's; an MQTT ``Stats``)."""
+        self._live.dropped, self._live.reconnects, self._live.mqtt = dropped, reconnects, mqtt
+
+    def frame(self, label: str, index: Optional[int], score: float, stages_ms: Dict[str, float], age_ms: float,
+              fps: float) -> None:
+        self._frames.inc()
+        self._fps.set(fps)
+        self._age.observe(age_ms / 1e3)
+        for stage, ms in stages_ms.items():
+            child = self._stage_children.get(stage)
+            if child is None:
+                child = self._stage_children[stage] = self._stage.labels(stage)
+            child.observe(ms / 1e3)
+        self._live.prediction = (label, index, score)
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve ``/metrics`` (any path, as the library's own server does) on a daemon thread."""
+        registry, prometheus = self.registry, self._prometheus
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                body = prometheus.generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", prometheus.CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:  # a scrape every 15 s must not fill the journal
+                pass
+
+        try:
+            self._server = _Server((host, port), Handler)
+        except (OSError, OverflowError) as exc:
+            raise MetricsError(f"--metrics-port {port}: cannot listen on {host}:{port}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="metrics", daemon=True)
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics", host, self._server.server_address[1])
+
+    @property
+    def port(self) -> Optional[int]:
+        return self._server.server_address[1] if self._server is not None else None
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+class _Server(ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _LiveCollector:
+    """Values read when scraped: the current label, drops and reconnects, the MQTT publisher's counts."""
+
+    def __init__(self, info: Dict[str, str]) -> None:
+        self.info = dict(info)
+        self.prediction: Optional[tuple] = None
+        self.dropped: Callable[[], int] = lambda: 0
+        self.reconnects: Callable[[], int] = lambda: 0
+        self.mqtt: Optional[Any] = None
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        info = GaugeMetricFamily(f"{PREFIX}_info", "The model, where it runs, and the source (always 1)",
+                                 labels=sorted(self.info))
+        info.add_metric([self.info[k] for k in sorted(self.info)], 1)
+        yield info
+        yield CounterMetricFamily(f"{PREFIX}_dropped_frames", "Frames the grabber dropped (the loop was busy)",
+                                  value=self.dropped())
+        yield CounterMetricFamily(f"{PREFIX}_reconnects", "Times the camera or stream was reconnected",
+                                  value=self.reconnects())
+        score = GaugeMetricFamily(f"{PREFIX}_prediction_score", "Probability of the current label, by label",
+                                  labels=["label", "index"])
+        if self.prediction is not None:  # one series: the label of the newest frame
+            label, index, value = self.prediction
+            score.add_metric([label, "" if index is None else str(index)], value)
+        yield score
+        stats = self.mqtt
+        if stats is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_mqtt_connected", "1 while connected to the MQTT broker",
+                                    value=1 if stats.connected else 0)
+            yield GaugeMetricFamily(f"{PREFIX}_mqtt_queued", "Messages spooled, not yet acknowledged by the broker",
+                                    value=stats.queued)
+            yield CounterMetricFamily(f"{PREFIX}_mqtt_sent", "Messages the broker acknowledged", value=stats.sent)
+            yield CounterMetricFamily(f"{PREFIX}_mqtt_dropped", "Messages given up (queue or spool bound)",
+                                      value=stats.dropped)
+            yield CounterMetricFamily(f"{PREFIX}_mqtt_connects", "Connections made to the broker",
+                                      value=stats.connects)
+
+
+def _import_prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise MetricsError("--metrics-port needs prometheus_client: pip install 'edge-classifier[metrics]'") from None
+    return prometheus_client

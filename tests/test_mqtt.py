@@ -1,0 +1,474 @@
+"""MQTT against a real Mosquitto broker and Prometheus metrics over HTTP; the on-disk spool alone.
+
+The broker is started by the test on a free loopback port (skipped, with the reason, when the
+``mosquitto`` binary is missing), stopped mid-run and started again; a subscriber in the test with a
+persistent session counts what arrives. The model is a 3-class ONNX graph written with onnx's helper
+API (the mean colour of the frame), so these tests need no torch and run on JetPack 4.6's Python 3.6
+too (run them there with ``--noconftest``).
+"""
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import pytest
+
+from edge.spool import Message, Spool
+
+REPO = Path(__file__).resolve().parents[1]
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+COLOURS = ("red", "green", "blue")
+CLIP_FRAMES = 90
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Broker:
+    """A Mosquitto on 127.0.0.1:port with a config written here; ``stop()`` and ``start()`` keep the port."""
+
+    def __init__(self, folder: Path, password_file: Optional[Path] = None) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.config = folder / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {folder}/",
+                 f"log_dest file {folder / 'mosquitto.log'}", "log_type all",
+                 # Started as root, mosquitto would switch to the user "mosquitto", who cannot write here.
+                 f"user {getpass.getuser()}"]
+        lines += [f"password_file {password_file}", "allow_anonymous false"] if password_file else \
+            ["allow_anonymous true"]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start: " + (self.folder / "mosquitto.log").read_text()[-500:])
+
+    def stop(self) -> None:
+        """SIGTERM, as systemctl stop or a reboot does (it saves the subscriber's session on the way out)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def broker_factory(tmp_path):
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install 'edge-classifier[mqtt]')")
+    started: List[Broker] = []
+
+    def make(password_file: Optional[Path] = None) -> Broker:
+        folder = tmp_path / f"broker{len(started)}"
+        folder.mkdir()
+        broker = Broker(folder, password_file)
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+class Subscriber:
+    """A QoS 1 subscriber to ``prefix/#`` with a persistent session: it gets what was sent while it was away."""
+
+    def __init__(self, port: int, prefix: str, username: Optional[str] = None, password: Optional[str] = None):
+        import paho.mqtt.client as mqtt
+
+        self.messages: List[tuple] = []
+        self.lock = threading.Lock()
+        client_id = f"test-sub-{os.getpid()}-{port}"
+        if hasattr(mqtt, "CallbackAPIVersion"):
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION1, client_id=client_id, clean_session=False)
+        else:
+            self.client = mqtt.Client(client_id=client_id, clean_session=False)
+        if username:
+            self.client.username_pw_set(username, password)
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda client, _u, _f, _rc: client.subscribe(prefix + "/#", qos=1)
+        self.client.on_subscribe = lambda *_args: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "the test's subscriber could not subscribe"
+
+    def _on_message(self, _client, _userdata, message) -> None:
+        with self.lock:
+            self.messages.append((message.topic, message.payload.decode("utf-8"), message.retain))
+
+    def labels(self) -> List[dict]:
+        with self.lock:
+            return [json.loads(p) for t, p, _ in self.messages if t.endswith("/label")]
+
+    def wait_for(self, condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.02)
+        return condition()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def write_colour_model(path: Path) -> Path:
+    """A 3-class uint8 NHWC ONNX model: logits are the mean R, G, B (so a red frame is "red")."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32) * 0.1, "W")
+    nodes = [helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["mean", "W"], ["logits"])]
+    graph = helper.make_graph(nodes, "colour", [helper.make_tensor_value_info("image", TensorProto.UINT8,
+                                                                             ["N", 32, 32, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7  # onnxruntime 1.10 (JetPack 4.6) reads up to 8
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "labels", json.dumps(list(COLOURS))
+    onnx.save(model, str(path))
+    return path
+
+
+def write_colour_clip(path: Path, frames: int = CLIP_FRAMES) -> Path:
+    """An MJPG video whose colour (red, green, blue) changes every 10 frames."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (64, 48))
+    assert writer.isOpened()
+    for number in range(frames):
+        frame = np.zeros((48, 64, 3), np.uint8)
+        frame[..., 2 - (number // 10) % 3] = 200  # BGR
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory) -> Path:
+    return write_colour_model(tmp_path_factory.mktemp("model") / "colour.onnx")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_colour_clip(tmp_path_factory.mktemp("clip") / "clip.avi")
+
+
+def scrape(port: int) -> Dict[str, float]:
+    """``name{labels}`` -> value, parsed by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode("utf-8")
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return values
+
+
+def run_cli(*argv, env: Optional[Dict[str, str]] = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    environ = dict(os.environ, PYTHONPATH=str(REPO))
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, argv)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, env=environ, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------- broker
+
+def test_every_frame_reaches_a_subscriber_and_the_metrics_parse(broker_factory, colour_model, clip, tmp_path):
+    """The issue's command: one message per frame, in order, with the same object as the --json line."""
+    broker = broker_factory()
+    subscriber = Subscriber(broker.port, "edge")
+    metrics_port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "--model", str(colour_model), "--source", str(clip), "--loop",
+         "--mqtt", f"mqtt://127.0.0.1:{broker.port}/edge", "--mqtt-every", "frame", "--mqtt-spool",
+         str(tmp_path / "spool"), "--metrics-port", str(metrics_port), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert subscriber.wait_for(lambda: len(subscriber.labels()) >= 2 * CLIP_FRAMES), "no messages arrived"
+        scraped = scrape(metrics_port)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert subscriber.wait_for(lambda: len({m["frame"] for m in subscriber.labels()}) >= len(printed))
+    subscriber.close()
+    received = subscriber.labels()
+    assert [m["frame"] for m in received] == [p["frame"] for p in printed]  # each once, in order
+    assert received == printed  # the payload is the --json line
+    assert [m["label"] for m in received[:CLIP_FRAMES:10]] == list(COLOURS) * (CLIP_FRAMES // 30)
+    status = [(p, r) for t, p, r in subscriber.messages if t == "edge/clip/status"]
+    assert status[0] == ("online", False) and status[-1] == ("offline", False)
+    assert scraped["edge_classify_frames_total"] >= 2 * CLIP_FRAMES
+    assert scraped["edge_classify_mqtt_connected"] == 1
+    assert scraped["edge_classify_mqtt_sent_total"] >= CLIP_FRAMES
+    assert scraped["edge_classify_mqtt_dropped_total"] == 0
+    assert scraped['edge_classify_stage_seconds_count{stage=infer}'] == scraped["edge_classify_frames_total"]
+    assert scraped["edge_classify_frame_age_seconds_count"] == scraped["edge_classify_frames_total"]
+    assert [k for k in scraped if k.startswith("edge_classify_prediction_score{")][0].split("label=")[1][:-1] \
+        .split(",")[0] in COLOURS  # one series: the current label (index=..., label=...)
+    assert any(k.startswith("edge_classify_info{") and "provider=" in k for k in scraped)
+
+
+def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour_model, clip, tmp_path):
+    """The broker stops while frames keep coming; after it is back every frame has arrived, in order of first
+    arrival, duplicates (QoS 1) counted; meanwhile the metrics show the spool filling."""
+    from edge.classify import Classifier
+    from edge.cli import build_parser
+    from edge.loop import run_stream
+
+    broker = broker_factory()
+    subscriber = Subscriber(broker.port, "edge")
+    metrics_port = free_port()
+    args = build_parser().parse_args(
+        ["--model", str(colour_model), "--source", str(clip), "--loop", "--mqtt",
+         f"mqtt://127.0.0.1:{broker.port}/edge", "--mqtt-every", "frame", "--mqtt-spool", str(tmp_path / "spool"),
+         "--metrics-port", str(metrics_port), "--json", "--stats-interval", "0"])
+    classifier = Classifier.open(colour_model)
+    classify = classifier.classify
+    classifier.classify = lambda image: (time.sleep(0.003), classify(image))[1]  # a camera's pace, not a file's
+
+    stop = threading.Event()
+    printed: List[str] = []
+    result: List[int] = []
+
+    def run() -> None:
+        import contextlib
+        import io
+
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            result.append(run_stream(args, classifier, stop))
+        printed.extend(buffer.getvalue().splitlines())
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert subscriber.wait_for(lambda: len(subscriber.labels()) >= 50), "no messages before the outage"
+        broker.stop()
+        assert subscriber.wait_for(lambda: scrape(metrics_port)["edge_classify_mqtt_queued"] >= 100), \
+            "the spool did not fill while the broker was away"
+        during = scrape(metrics_port)
+        before_restart = len(subscriber.labels())
+        broker.start()
+        assert subscriber.wait_for(lambda: len(subscriber.labels()) >= before_restart + 200, 30), \
+            "nothing arrived after the broker came back"
+        after = scrape(metrics_port)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert result == [0]
+    frames = [json.loads(line)["frame"] for line in printed]
+    assert frames == list(range(len(frames)))
+    subscriber.wait_for(lambda: {m["frame"] for m in subscriber.labels()} >= set(frames), 20)
+    subscriber.close()
+    received = [m["frame"] for m in subscriber.labels()]
+    first_arrivals = list(dict.fromkeys(received))
+    missing = set(frames) - set(received)
+    duplicated = len(received) - len(set(received))
+    print(f"\noutage test: {len(frames)} frames classified, {len(received)} messages received, "
+          f"{len(set(received))} distinct, {duplicated} duplicated, {len(missing)} missing; "
+          f"spool at the broker's restart: {during['edge_classify_mqtt_queued']:.0f} messages; "
+          f"connections: {after['edge_classify_mqtt_connects_total']:.0f}")
+    assert not missing, sorted(missing)[:20]
+    assert first_arrivals == sorted(first_arrivals)  # in order
+    assert during["edge_classify_mqtt_connected"] == 0 and after["edge_classify_mqtt_connected"] == 1
+    assert after["edge_classify_mqtt_connects_total"] == 2
+    assert after["edge_classify_mqtt_dropped_total"] == 0
+
+
+def test_a_wrong_password_is_one_line_and_exit_2_the_right_one_publishes(broker_factory, colour_model, clip,
+                                                                         tmp_path):
+    passwords = tmp_path / "passwords"
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    subprocess.run([passwd, "-b", "-c", str(passwords), "camera", "s3cret"], check=True)
+    broker = broker_factory(passwords)
+    common = ["--model", colour_model, "--source", clip, "--max-frames", "5", "--mqtt", f"mqtt://127.0.0.1:"
+              f"{broker.port}/edge", "--mqtt-spool", tmp_path / "spool", "-q"]
+
+    wrong = run_cli(*common, env={"EDGE_MQTT_USERNAME": "camera", "EDGE_MQTT_PASSWORD": "guess"})
+    assert wrong.returncode == 2
+    assert wrong.stderr.count("\n") == 1 and "refused" in wrong.stderr and "EDGE_MQTT_PASSWORD" in wrong.stderr
+    assert "Traceback" not in wrong.stderr and "guess" not in wrong.stderr
+
+    subscriber = Subscriber(broker.port, "edge", "camera", "s3cret")
+    right = run_cli(*common, "--mqtt-every", "frame", env={"EDGE_MQTT_USERNAME": "camera",
+                                                           "EDGE_MQTT_PASSWORD": "s3cret"})
+    assert right.returncode == 0, right.stderr
+    assert subscriber.wait_for(lambda: len(subscriber.labels()) >= 5)
+    subscriber.close()
+    assert [m["frame"] for m in subscriber.labels()] == [0, 1, 2, 3, 4]
+
+
+def test_a_broker_that_is_down_at_start_gets_the_results_later(broker_factory, colour_model, clip, tmp_path):
+    """Down at start: the run goes on and spools; the next run (broker up) sends those first, in order."""
+    broker = broker_factory()
+    port = broker.port
+    subscriber = Subscriber(port, "edge")
+    broker.stop()
+    common = ["--model", colour_model, "--source", clip, "--mqtt", f"mqtt://127.0.0.1:{port}/edge",
+              "--mqtt-every", "change", "--mqtt-spool", tmp_path / "spool", "--json"]
+    offline = run_cli(*common, "--max-frames", "30")
+    assert offline.returncode == 0, offline.stderr
+    assert "spooled" in offline.stderr
+    broker.start()
+    online = run_cli(*common, "--max-frames", "30")
+    assert online.returncode == 0, online.stderr
+    assert subscriber.wait_for(lambda: len(subscriber.labels()) >= 6)
+    subscriber.close()
+    # --mqtt-every change: the frames where the colour changes, from both runs, the offline run's first
+    assert [(m["frame"], m["label"]) for m in subscriber.labels()] == [(0, "red"), (10, "green"), (20, "blue")] * 2
+
+
+# ---------------------------------------------------------------------------------------------- no broker
+
+@pytest.mark.parametrize("flag, message", [
+    ("mqtt://user:pw@127.0.0.1/edge", "EDGE_MQTT_USERNAME"),
+    ("http://127.0.0.1/edge", "mqtt://host"),
+    ("mqtt://127.0.0.1:99999/edge", "port"),
+])
+def test_bad_mqtt_urls_are_one_line_and_exit_2(colour_model, clip, tmp_path, flag, message):
+    pytest.importorskip("paho.mqtt.client")
+    result = run_cli("--model", colour_model, "--source", clip, "--mqtt", flag, "--mqtt-spool", tmp_path / "s")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "pw" not in result.stderr
+
+
+def test_mqtt_with_image_and_a_taken_metrics_port_are_usage_errors(colour_model, clip, tmp_path):
+    image = tmp_path / "red.png"
+    import cv2
+
+    cv2.imwrite(str(image), np.full((40, 40, 3), (0, 0, 200), np.uint8))
+    result = run_cli("--model", colour_model, "--image", image, "--mqtt", "mqtt://127.0.0.1/edge")
+    assert result.returncode == 2 and "--camera and --source" in result.stderr
+    pytest.importorskip("prometheus_client")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        result = run_cli("--model", colour_model, "--source", clip, "--metrics-port", taken.getsockname()[1], "-q")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--metrics-port" in result.stderr
+
+
+def test_a_missing_extra_names_it(colour_model, clip, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    # A sitecustomize that makes both libraries unimportable, as on a device without the extras.
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['paho'] = None\n"
+                                              "sys.modules['prometheus_client'] = None\n")
+    environ = {"PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"}
+    mqtt = run_cli("--model", colour_model, "--source", clip, "--mqtt", "mqtt://127.0.0.1/edge", "-q", env=environ)
+    assert mqtt.returncode == 2 and "edge-classifier[mqtt]" in mqtt.stderr and mqtt.stderr.count("\n") == 1
+    metrics = run_cli("--model", colour_model, "--source", clip, "--metrics-port", "0", "-q", env=environ)
+    assert metrics.returncode == 2 and "edge-classifier[metrics]" in metrics.stderr
+
+
+def test_topic_names_and_urls():
+    from edge.mqtt import PublisherError, parse_url, topic_name
+
+    assert topic_name("csi://0") == "csi0"
+    assert topic_name("0") == "camera0"
+    assert topic_name("/dev/video1") == "video1"
+    assert topic_name("/srv/videos/front door.avi") == "front-door"
+    assert topic_name("rtsp://user:pass@10.0.0.2:554/live/ch1") == "10.0.0.2-live-ch1"
+    target = parse_url("mqtts://broker.local/home/garage/")
+    assert (target.host, target.port, target.prefix, target.tls) == ("broker.local", 8883, "home/garage", True)
+    assert parse_url("mqtt://h").prefix == "edge-classify" and parse_url("mqtt://h").port == 1883
+    with pytest.raises(PublisherError):
+        parse_url("mqtt://h/a/+/b")
+
+
+# ---------------------------------------------------------------------------------------------- spool
+
+def messages(first: int, count: int) -> List[Message]:
+    return [Message("edge/cam/label", json.dumps({"frame": n})) for n in range(first, first + count)]
+
+
+def frames_of(batch) -> List[int]:
+    return [json.loads(m.payload)["frame"] for _, m in batch]
+
+
+def test_spool_keeps_order_across_a_rewind_and_a_restart(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(messages(0, 10))
+    batch = spool.take(4)
+    assert frames_of(batch) == [0, 1, 2, 3]
+    spool.acknowledge(batch[1][0])  # 0 and 1 reached the broker; 2 and 3 were in flight when it went away
+    spool.rewind()
+    assert frames_of(spool.take(3)) == [2, 3, 4]
+    assert spool.queued == 8
+    spool.close()
+
+    again = Spool(tmp_path, max_bytes=1 << 20)  # a restart: sending resumes at the first unacknowledged one
+    assert again.queued == 8
+    again.append(messages(10, 2))
+    batch = again.take(100)
+    assert frames_of(batch) == list(range(2, 12))
+    again.acknowledge(batch[-1][0])
+    assert again.queued == 0 and again.dropped == 0
+    again.close()
+
+
+def test_spool_bound_drops_the_oldest_and_counts_them(tmp_path):
+    spool = Spool(tmp_path, max_bytes=16384)  # segments of 4 KiB (the smallest)
+    spool.append(messages(0, 1000))  # about 50 KB: far past the bound
+    assert spool.size <= 16384
+    assert spool.dropped > 0 and spool.queued + spool.dropped == 1000
+    kept = frames_of(spool.take(2000))
+    assert kept == list(range(1000 - len(kept), 1000))  # the newest, in order, none skipped
+    assert len(list(tmp_path.glob("seg-*.jsonl"))) <= 5
+    spool.close()
+
+
+def test_spool_cuts_a_torn_last_line_and_refuses_a_second_user(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(messages(0, 3))
+    from edge.spool import SpoolError
+
+    with pytest.raises(SpoolError, match="in use"):
+        Spool(tmp_path, max_bytes=1 << 20)
+    spool.close()
+    segment = sorted(tmp_path.glob("seg-*.jsonl"))[-1]
+    with open(str(segment), "ab") as handle:
+        handle.write(b'{"t":"edge/cam/label","p":"{\\"fra')  # a crash in the middle of a write
+    reopened = Spool(tmp_path, max_bytes=1 << 20)
+    assert reopened.dropped == 1 and reopened.queued == 3
+    reopened.append(messages(3, 1))
+    assert frames_of(reopened.take(10)) == [0, 1, 2, 3]
+    reopened.close()
