@@ -28,7 +28,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from .resources import package_text
 
@@ -41,7 +41,7 @@ SYSTEM_ROOT = Path("/")  # where install writes without --root
 SYSTEMD_RUNTIME = Path("/run/systemd/system")  # exists when systemd is the running init
 HOME_DIRS = ("/home", "/root", "/run/user")
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
-PATH_FLAGS = ("--labels", "--output")
+PATH_FLAGS = ("--labels", "--output", "--mqtt-ca")
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 NETWORK_ELEMENTS = ("rtspsrc", "souphttpsrc", "udpsrc", "tcpclientsrc", "srtsrc", "rtmpsrc")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -70,6 +70,7 @@ class ServiceConfig:
     csi: bool = False
     network: bool = False
     writable: Optional[Path] = None  # ReadWritePaths= (the folder of an --output)
+    mqtt_login: Tuple[Tuple[str, str], ...] = ()  # (EDGE_MQTT_USERNAME, ...), (EDGE_MQTT_PASSWORD, ...) for --mqtt
 
 
 # ---------------------------------------------------------------------------------------------- render
@@ -99,6 +100,8 @@ def render_environment(config: ServiceConfig) -> str:
     text = set_key(text, "EDGE_MODEL", env_quote(str(config.model)))
     text = set_key(text, "EDGE_SOURCE", env_quote(config.source))
     text = set_key(text, "EDGE_ARGS", env_quote(" ".join(config.args)))
+    for key, value in config.mqtt_login:  # the broker's login: here (mode 0600), never on a command line
+        text = set_key(text, key, env_quote(value))
     return f"{MARKER} {_version()} for {config.name}.service.\n{text}"
 
 
@@ -161,6 +164,7 @@ def build_config(args: argparse.Namespace, extras: Sequence[str]) -> ServiceConf
             raise ServiceError(f"--source {source}: no such video file", EXIT_USAGE)
         source = str(video)
     flags = edge_flags(model, source, extras)
+    spool_flags, mqtt_login = mqtt_settings(name, flags, extras)
     labels, output = flags.labels, flags.output
     if labels is not None and not labels.expanduser().is_file():
         raise ServiceError(f"--labels {labels}: no such file", EXIT_USAGE)
@@ -170,10 +174,11 @@ def build_config(args: argparse.Namespace, extras: Sequence[str]) -> ServiceConf
         raise ServiceError(f"--output {flags.output}: no folder {writable} to write it in", EXIT_USAGE)
     user = service_user(args.user, check_account=args.root is None and not args.dry_run)
     command = tuple(edge_classify_command())
-    read = [model, labels, video, output, *map(Path, command[:1]), Path(sys.prefix), Path(__file__).parent]
+    ca = Path(flags.mqtt_ca).expanduser().absolute() if flags.mqtt_ca else None
+    read = [model, labels, video, output, ca, *map(Path, command[:1]), Path(sys.prefix), Path(__file__).parent]
     config = ServiceConfig(name=name, user=user, command=command, model=model, source=source,
-                           args=tuple(absolute_paths(extras)), csi=is_csi(source), network=is_network(source),
-                           writable=writable,
+                           args=tuple(absolute_paths(extras)) + tuple(spool_flags), csi=is_csi(source),
+                           network=is_network(source) or bool(flags.mqtt), writable=writable, mqtt_login=mqtt_login,
                            protect_home="read-only" if _needs_home(read, user) else "yes")
     if args.root is None and not args.dry_run:
         hidden = [p for p in read if p is not None and _inside(p.absolute(), PRIVATE_TMP_DIRS)]
@@ -204,7 +209,29 @@ def edge_flags(model: Path, source: str, extras: Sequence[str]) -> argparse.Name
     flags = parser.parse_args(["--model", str(model), "--source", source, *extras])
     if flags.display:
         raise ServiceError("--display: a service has no screen (use --output FILE for a labelled video)", EXIT_USAGE)
+    from .fleet import check_fleet_arguments
+
+    problem = check_fleet_arguments(flags)
+    if problem:
+        raise ServiceError(problem, EXIT_USAGE)
     return flags
+
+
+def mqtt_settings(name: str, flags: argparse.Namespace, extras: Sequence[str],
+                  environ: Optional[Mapping[str, str]] = None) -> Tuple[List[str], Tuple[Tuple[str, str], ...]]:
+    """For ``--mqtt``: the spool flag to add (the service's state folder, its only writable place) and the login
+    to write into the environment file, taken from install's own ``$EDGE_MQTT_USERNAME`` / ``$EDGE_MQTT_PASSWORD``
+    (``sudo --preserve-env=EDGE_MQTT_USERNAME,EDGE_MQTT_PASSWORD edge-service install ...``)."""
+    if not flags.mqtt:
+        return [], ()
+    state = f"/{STATE_DIR}/{name}"
+    if flags.mqtt_spool and not _inside(Path(flags.mqtt_spool).expanduser().absolute(), [state]):
+        raise ServiceError(f"--mqtt-spool {flags.mqtt_spool}: the service can write only under {state}; leave "
+                           f"--mqtt-spool out (the spool goes to {state}/mqtt)", EXIT_USAGE)
+    added = [] if flags.mqtt_spool else ["--mqtt-spool", f"{state}/mqtt"]
+    env = os.environ if environ is None else environ
+    login = tuple((key, env[key]) for key in ("EDGE_MQTT_USERNAME", "EDGE_MQTT_PASSWORD") if env.get(key))
+    return added, login
 
 
 def service_name(name: str) -> str:

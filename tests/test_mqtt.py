@@ -106,13 +106,13 @@ class Subscriber:
         self.lock = threading.Lock()
         client_id = f"test-sub-{os.getpid()}-{port}"
         if hasattr(mqtt, "CallbackAPIVersion"):
-            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION1, client_id=client_id, clean_session=False)
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         else:
             self.client = mqtt.Client(client_id=client_id, clean_session=False)
         if username:
             self.client.username_pw_set(username, password)
         self.subscribed = threading.Event()
-        self.client.on_connect = lambda client, _u, _f, _rc: client.subscribe(prefix + "/#", qos=1)
+        self.client.on_connect = lambda client, *_args: client.subscribe(prefix + "/#", qos=1)  # paho 1 and 2
         self.client.on_subscribe = lambda *_args: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
@@ -472,3 +472,50 @@ def test_spool_cuts_a_torn_last_line_and_refuses_a_second_user(tmp_path):
     reopened.append(messages(3, 1))
     assert frames_of(reopened.take(10)) == [0, 1, 2, 3]
     reopened.close()
+
+
+# ---------------------------------------------------------------------------------------------- service
+
+def test_service_install_passes_the_flags_and_keeps_the_login_out_of_argv(tmp_path, monkeypatch):
+    import re
+    import stat
+
+    from edge.service import main as service
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    monkeypatch.setenv("EDGE_MQTT_USERNAME", "camera")
+    monkeypatch.setenv("EDGE_MQTT_PASSWORD", 'pa ss"$word')
+    root = tmp_path / "root"
+    assert service(["install", "--model", str(model), "--user", "edge", "--root", str(root), "--source", "csi://0",
+                    "--mqtt", "mqtt://broker.local/home", "--mqtt-every", "frame", "--metrics-port", "9101"]) == 0
+    env_file = root / "etc/default/edge-classify"
+    env = env_file.read_text()
+    unit = (root / "etc/systemd/system/edge-classify.service").read_text()
+
+    def value(text: str, key: str) -> List[str]:
+        return re.findall(rf"^{key}=(.*)$", text, re.MULTILINE)
+
+    assert value(env, "EDGE_ARGS") == ['"--mqtt mqtt://broker.local/home --mqtt-every frame --metrics-port 9101 '
+                                       '--mqtt-spool /var/lib/edge-classify/mqtt"']
+    assert value(env, "EDGE_MQTT_USERNAME") == ["camera"]
+    assert value(env, "EDGE_MQTT_PASSWORD") == ['"pa ss\\"\\$word"']  # systemd's quoting
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert "word" not in " ".join(value(unit, "ExecStart"))
+    assert "network-online.target" in value(unit, "Wants")  # a broker is on the network
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mqtt", "mqtt://u:p@broker/edge"], "EDGE_MQTT_USERNAME"),
+    (["--mqtt", "mqtt://broker/edge", "--mqtt-spool", "/srv/spool"], "/var/lib/edge-classify"),
+])
+def test_service_install_refuses_a_login_in_the_url_and_a_spool_it_cannot_write(tmp_path, flags, message, capsys):
+    from edge.service import main as service
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    code = service(["install", "--model", str(model), "--user", "edge", "--root", str(tmp_path / "root"),
+                    "--camera", "0", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "root").exists()
