@@ -519,3 +519,45 @@ def test_service_install_refuses_a_login_in_the_url_and_a_spool_it_cannot_write(
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
     assert not (tmp_path / "root").exists()
+
+
+# ---------------------------------------------------------------------------------------------- which frames
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.sent: List[dict] = []
+
+    def submit(self, topic: str, payload: str, retain: bool = False) -> None:
+        self.sent.append(json.loads(payload))
+
+
+class FakePrediction:
+    def __init__(self, label: str) -> None:
+        self.label, self.index, self.score = label, COLOURS.index(label), 0.9
+
+
+@pytest.mark.parametrize("every, expected", [
+    ("frame", list(range(12))),
+    ("change", [0, 4, 8]),
+    ("5", [0, 5, 10]),
+])
+def test_mqtt_every_picks_the_frames(every, expected):
+    from edge.fleet import FleetOutputs
+
+    fleet = FleetOutputs(FakePublisher(), None, "edge/cam/label", every, heartbeat_s=0)
+    for number in range(12):
+        label = COLOURS[number // 4]
+        fleet.frame({"frame": number, "label": label}, FakePrediction(label), {}, 1.0, 30.0)
+    assert [m["frame"] for m in fleet.publisher.sent] == expected
+
+
+def test_the_heartbeat_resends_a_steady_label():
+    from edge.fleet import FleetOutputs
+
+    fleet = FleetOutputs(FakePublisher(), None, "edge/cam/label", "change", heartbeat_s=0.05)
+    for number in range(3):
+        fleet.frame({"frame": number, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
+    time.sleep(0.06)
+    fleet.frame({"frame": 3, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
+    fleet.frame({"frame": 4, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
+    assert [m["frame"] for m in fleet.publisher.sent] == [0, 3]

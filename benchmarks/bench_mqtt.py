@@ -1,0 +1,192 @@
+"""What --mqtt and --metrics-port cost the camera loop, against the loop without them, in one run.
+
+    python benchmarks/bench_mqtt.py [--frames 300] [--rounds 3] [--arch mobilenet_v2]
+
+Needs the ``mosquitto`` binary (started here on a free loopback port), paho-mqtt and prometheus_client.
+The loop (``edge.loop.classify_frames``, the code behind ``edge-classify --source``) runs over a 640x480
+MJPG video with human output, rounds alternating between:
+
+- the loop as it was before issue 15 (no MQTT, no metrics): the baseline;
+- ``--metrics-port`` (histograms per frame; the endpoint is scraped once a round);
+- ``--mqtt ... --mqtt-every frame`` with the broker up: a message per frame, QoS 1;
+- the same with the broker down: every message goes to the on-disk spool;
+- ``--mqtt-every frame`` and ``--metrics-port`` together.
+
+It prints the loop's FPS and its output-stage milliseconds (medians over rounds; publishing and the
+metrics are timed inside that stage), and the cost of one ``FleetOutputs.frame`` call alone (building
+the JSON payload and queueing it, plus the histograms). Weights are random: speed does not depend on them.
+"""
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_loop import FPS, decode_all, make_video  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_broker(folder: Path) -> "tuple[subprocess.Popen, int]":
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    config = folder / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {os.environ.get('USER', 'root')}\n")
+    process = subprocess.Popen([mosquitto, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("mosquitto did not start")
+
+
+def run_loop(classifier, video: Path, flags: List[str]) -> Dict[str, float]:
+    """The real loop over the whole file with these edge-classify flags; FPS and the output stage's median ms."""
+    from edge.cli import build_parser
+    from edge.fleet import FleetOutputs
+    from edge.loop import StreamOptions, StreamOutput, classify_frames
+    from edge.notify import Notifier
+    from edge.sources import Grabber, open_capture, parse_source
+
+    args = build_parser().parse_args(["--source", str(video), "--stats-interval", "0", "-q", *flags])
+    options = StreamOptions.from_args(args)
+    stop = threading.Event()
+    spec = parse_source(source=str(video))
+    grabber = Grabber(spec, open_capture)
+    grabber.open_first()
+    fleet = FleetOutputs.open(args, spec.name, classifier) if flags else None
+    if fleet is not None:
+        fleet.watch(grabber)
+    output = StreamOutput(options, spec.name, stop, video_fps=lambda: FPS)
+    grabber.start()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            times = classify_frames(classifier, grabber, output, options, Notifier.from_environment(), stop, fleet)
+        if fleet is not None and fleet.metrics is not None:
+            urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics.port}/metrics", timeout=5).read()
+    finally:
+        grabber.close()
+        output.close()
+        if fleet is not None:
+            fleet.close()
+    return {"fps": times.fps(), "output": statistics.median(times.history["output"]), "frames": times.frames}
+
+
+def frame_call_cost(classifier, frames, broker_port: int, spool: Path) -> Dict[str, float]:
+    """Median microseconds of one FleetOutputs.frame call (what the loop thread pays per frame)."""
+    from edge.cli import build_parser
+    from edge.fleet import FleetOutputs
+    from edge.loop import frame_record
+
+    results = {}
+    for name, flags in (("metrics", ["--metrics-port", "0"]),
+                        ("mqtt", ["--mqtt", f"mqtt://127.0.0.1:{broker_port}/bench", "--mqtt-every", "frame",
+                                  "--mqtt-spool", str(spool / "cost")]),
+                        ("mqtt + metrics", ["--mqtt", f"mqtt://127.0.0.1:{broker_port}/bench", "--mqtt-every",
+                                            "frame", "--mqtt-spool", str(spool / "cost"), "--metrics-port", "0"])):
+        args = build_parser().parse_args(["--source", "x.avi", *flags])
+        fleet = FleetOutputs.open(args, "x.avi", classifier)
+        costs = []
+        try:
+            for number, frame in enumerate(frames):
+                prediction = classifier.classify(frame)
+                stages = dict(prediction.ms, output=0.1)
+                started = time.perf_counter()
+                fleet.frame(frame_record("x.avi", number, prediction, 20.0, 0), prediction, stages, 20.0, 30.0)
+                costs.append((time.perf_counter() - started) * 1e6)
+        finally:
+            fleet.close()
+        results[name] = statistics.median(costs)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--arch", default="mobilenet_v2")
+    args = parser.parse_args()
+
+    import cv2
+    import torch
+
+    from edge.classify import Classifier
+    from export.exporter import export_artifact
+    from export.zoo import build_model
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        video = make_video(folder, args.frames)
+        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
+                                   labels=[f"class {i}" for i in range(1000)], precision="fp32")
+        broker, port = start_broker(folder)
+        down = free_port()
+        try:
+            classifier = Classifier.open(artifact, device="cpu")
+            configs = {
+                "the loop before issue 15 (no MQTT, no metrics)": [],
+                "--metrics-port": ["--metrics-port", "0"],
+                "--mqtt, every frame, broker up": ["--mqtt", f"mqtt://127.0.0.1:{port}/bench", "--mqtt-every",
+                                                   "frame", "--mqtt-spool", str(folder / "up")],
+                "--mqtt, every frame, broker down (spooling)": ["--mqtt", f"mqtt://127.0.0.1:{down}/bench",
+                                                                "--mqtt-every", "frame", "--mqtt-spool",
+                                                                str(folder / "down"), "--mqtt-spool-max", "512"],
+                "--mqtt every frame + --metrics-port": ["--mqtt", f"mqtt://127.0.0.1:{port}/bench", "--mqtt-every",
+                                                        "frame", "--mqtt-spool", str(folder / "up"),
+                                                        "--metrics-port", "0"],
+            }
+            results: Dict[str, List[Dict[str, float]]] = {name: [] for name in configs}
+            run_loop(classifier, video, [])  # warm-up: model, decoder, page cache
+            for _ in range(args.rounds):
+                for name, flags in configs.items():
+                    results[name].append(run_loop(classifier, video, flags))
+            cost = frame_call_cost(classifier, decode_all(video), port, folder)
+        finally:
+            broker.terminate()
+            broker.wait(10)
+
+    import paho.mqtt
+    import prometheus_client  # noqa: F401
+
+    base = statistics.median(r["fps"] for r in results[next(iter(configs))])
+    print(f"{args.arch} FP32 ONNX, CPU ({os.cpu_count()} cores), a {args.frames}-frame 640x480 MJPG video, "
+          f"{args.rounds} alternating rounds (medians), OpenCV {cv2.__version__}, paho-mqtt {paho.mqtt.__version__}, "
+          f"Python {sys.version.split()[0]}")
+    print()
+    print("| loop | FPS | vs before | output stage ms |")
+    print("|---|---:|---:|---:|")
+    for name, runs in results.items():
+        fps = statistics.median(r["fps"] for r in runs)
+        output = statistics.median(r["output"] for r in runs)
+        print(f"| {name} | {fps:.1f} | {fps / base:.0%} | {output:.3f} |")
+    print()
+    print("| one FleetOutputs.frame call (the loop thread's cost per frame) | median µs |")
+    print("|---|---:|")
+    for name, value in cost.items():
+        print(f"| {name} | {value:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
