@@ -75,7 +75,7 @@ def run_loop(classifier, video: Path, flags: List[str]) -> Dict[str, float]:
     spec = parse_source(source=str(video))
     grabber = Grabber(spec, open_capture)
     grabber.open_first()
-    fleet = FleetOutputs.open(args, spec.name, classifier) if flags else None
+    fleet = FleetOutputs.open(args, spec.name, classifier)
     if fleet is not None:
         fleet.watch(grabber)
     output = StreamOutput(options, spec.name, stop, video_fps=lambda: FPS)

@@ -3,8 +3,8 @@
 ``edge.cli`` adds the flags (``add_fleet_arguments``); ``edge.loop`` opens the outputs before the first
 frame and hands each frame over::
 
-    fleet = FleetOutputs.open(args, source="csi://0", classifier=classifier)   # FleetError: exit 2
-    fleet.watch(grabber)
+    fleet = FleetOutputs.open(args, source="csi://0", classifier=classifier)   # None without the flags;
+    fleet.watch(grabber)                                                        # FleetError: exit 2
     fleet.frame(record, prediction, stages_ms, age_ms, fps)                     # per frame, never blocks
     fleet.close()
 
@@ -105,8 +105,10 @@ class FleetOutputs:
         self._last_sent = time.monotonic()
 
     @classmethod
-    def open(cls, args: argparse.Namespace, source: str, classifier: Any) -> "FleetOutputs":
-        """What the flags ask for, started; nothing (a no-op object) without them."""
+    def open(cls, args: argparse.Namespace, source: str, classifier: Any) -> "Optional[FleetOutputs]":
+        """What the flags ask for, started; None without them (the loop then builds no record for them)."""
+        if getattr(args, "metrics_port", None) is None and not getattr(args, "mqtt", None):
+            return None
         metrics = publisher = None
         try:
             if getattr(args, "metrics_port", None) is not None:

@@ -219,7 +219,8 @@ def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[
         try:
             grabber.open_first()
             fleet = FleetOutputs.open(args, spec.name, classifier)
-            fleet.watch(grabber)
+            if fleet is not None:
+                fleet.watch(grabber)
             output = StreamOutput(options, spec.name, stop,
                                   video_fps=lambda: grabber.source_fps or spec.fps or 30.0)
             grabber.start()

@@ -165,6 +165,7 @@ class Publisher:
         self._next_try = 0.0
         self._dropped_inbox = 0
         self._warned_down = False
+        self._flush_s = CLOSE_FLUSH_S
         self._refused_why: Optional[str] = None  # set by paho's callbacks, handled by _step
         self._lost_why: Optional[str] = None
 
@@ -393,7 +394,7 @@ class Publisher:
         """After stop: send for up to ``flush_s`` while connected, then ``offline`` (retained) and disconnect."""
         if self._fatal is not None:
             return
-        deadline = time.monotonic() + getattr(self, "_flush_s", CLOSE_FLUSH_S)
+        deadline = time.monotonic() + self._flush_s
         self._move_inbox_to_spool()
         while self._client_state != "down" and self._spool.queued and time.monotonic() < deadline:
             self._step()
