@@ -270,7 +270,8 @@ class Publisher:
         try:
             client.connect(self.target.host, self.target.port, keepalive=KEEPALIVE_S)
         except ssl.SSLError as exc:  # a certificate that does not verify: a setting to fix, not an outage
-            self._refused(f"TLS with {self.target.url} failed: {getattr(exc, 'reason', None) or exc}")
+            hint = "" if self.ca_file else " (a private CA? pass it with --mqtt-ca FILE)"
+            self._refused(f"TLS with {self.target.url} failed: {getattr(exc, 'reason', None) or exc}{hint}")
         except (OSError, ValueError) as exc:  # refused, unreachable, no such host
             self._lost(getattr(exc, "strerror", None) or str(exc))
 

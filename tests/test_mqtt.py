@@ -43,11 +43,11 @@ def free_port() -> int:
 class Broker:
     """A Mosquitto on 127.0.0.1:port with a config written here; ``stop()`` and ``start()`` keep the port."""
 
-    def __init__(self, folder: Path, password_file: Optional[Path] = None) -> None:
+    def __init__(self, folder: Path, password_file: Optional[Path] = None, extra: Optional[List[str]] = None) -> None:
         self.port = free_port()
         self.folder = folder
         self.config = folder / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {folder}/",
+        lines = (extra or []) + [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {folder}/",
                  f"log_dest file {folder / 'mosquitto.log'}", "log_type all",
                  # Started as root, mosquitto would switch to the user "mosquitto", who cannot write here.
                  f"user {getpass.getuser()}"]
@@ -83,10 +83,10 @@ def broker_factory(tmp_path):
     pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install 'edge-classifier[mqtt]')")
     started: List[Broker] = []
 
-    def make(password_file: Optional[Path] = None) -> Broker:
+    def make(password_file: Optional[Path] = None, extra: Optional[List[str]] = None) -> Broker:
         folder = tmp_path / f"broker{len(started)}"
         folder.mkdir()
-        broker = Broker(folder, password_file)
+        broker = Broker(folder, password_file, extra)
         broker.start()
         started.append(broker)
         return broker
@@ -355,6 +355,67 @@ def test_a_broker_that_is_down_at_start_gets_the_results_later(broker_factory, c
     subscriber.close()
     # --mqtt-every change: the frames where the colour changes, from both runs, the offline run's first
     assert [(m["frame"], m["label"]) for m in subscriber.labels()] == [(0, "red"), (10, "green"), (20, "blue")] * 2
+
+
+def make_certificates(folder: Path) -> Dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 signed by it (openssl)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    files = {name: folder / name for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt", "san")}
+    files["san"].write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def run(*words: str) -> None:
+        subprocess.run([openssl, *words], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=edge-test-ca",
+        "-keyout", str(files["ca.key"]), "-out", str(files["ca.crt"]))
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(files["server.key"]),
+        "-out", str(files["server.csr"]))
+    run("x509", "-req", "-days", "1", "-in", str(files["server.csr"]), "-CA", str(files["ca.crt"]), "-CAkey",
+        str(files["ca.key"]), "-CAcreateserial", "-extfile", str(files["san"]), "-out", str(files["server.crt"]))
+    return files
+
+
+def test_mqtts_verifies_the_broker_with_the_given_ca(broker_factory, colour_model, clip, tmp_path):
+    certificates = make_certificates(tmp_path)
+    tls_port = free_port()
+    broker = broker_factory(extra=[f"listener {tls_port} 127.0.0.1", f"cafile {certificates['ca.crt']}",
+                                   f"certfile {certificates['server.crt']}", f"keyfile {certificates['server.key']}"])
+    subscriber = Subscriber(broker.port, "edge")  # on the plain listener
+    common = ["--model", colour_model, "--source", clip, "--max-frames", "3", "--mqtt-every", "frame",
+              "--mqtt", f"mqtts://127.0.0.1:{tls_port}/edge", "--mqtt-spool", tmp_path / "spool", "-q"]
+    trusted = run_cli(*common, "--mqtt-ca", certificates["ca.crt"])
+    assert trusted.returncode == 0, trusted.stderr
+    assert subscriber.wait_for(lambda: len(subscriber.labels()) >= 3)
+    subscriber.close()
+    assert [m["frame"] for m in subscriber.labels()] == [0, 1, 2]
+    untrusted = run_cli(*common)  # the system's CAs do not know this one
+    assert untrusted.returncode == 2 and untrusted.stderr.count("\n") == 1
+    assert "TLS" in untrusted.stderr and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr.upper().replace(" ", "_")
+    assert "--mqtt-ca" in untrusted.stderr
+
+
+@pytest.mark.slow
+def test_a_broker_that_never_answers_does_not_hold_up_the_frames(colour_model, clip, tmp_path):
+    """A port that accepts connections and says nothing (a hung broker, a firewall): the start waits for it
+    at most CONNECT_TIMEOUT_S, then every frame is classified at full speed and spooled."""
+    pytest.importorskip("paho.mqtt.client")
+    from edge.mqtt import CONNECT_TIMEOUT_S
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        result = run_cli("--model", colour_model, "--source", clip, "--mqtt-every", "frame", "--json",
+                         "--mqtt", f"mqtt://127.0.0.1:{silent.getsockname()[1]}/edge", "--mqtt-spool", tmp_path / "s")
+        took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == CLIP_FRAMES and "spooled" in result.stderr
+    assert took < CONNECT_TIMEOUT_S + 8
+    spool = Spool(tmp_path / "s", max_bytes=1 << 20)
+    assert spool.queued == CLIP_FRAMES  # all waiting for the next run
+    spool.close()
 
 
 # ---------------------------------------------------------------------------------------------- no broker
