@@ -163,7 +163,8 @@ class Publisher:
         self._order: List[int] = []  # mids in the order sent
         self._backoff = Backoff()
         self._next_try = 0.0
-        self._dropped_inbox = 0
+        self._dropped_inbox = 0  # counted by the loop thread (a full queue)
+        self._dropped_unwritable = 0  # counted by the worker (the spool could not be written)
         self._warned_down = False
         self._flush_s = CLOSE_FLUSH_S
         self._refused_why: Optional[str] = None  # set by paho's callbacks, handled by _step
@@ -190,7 +191,7 @@ class Publisher:
             self._inbox.put_nowait(Message(topic, payload, retain))
         except queue.Full:
             self._dropped_inbox += 1
-            self.stats.dropped = self._dropped_inbox + self._spool.dropped
+            self.stats.dropped = self._dropped_inbox + self._dropped_unwritable + self._spool.dropped
             if self._dropped_inbox in (1, 10, 100) or self._dropped_inbox % 1000 == 0:
                 log.warning("MQTT: the worker is behind (disk too slow?): %d messages dropped",
                             self._dropped_inbox)
@@ -244,8 +245,7 @@ class Publisher:
             message = self._inbox.get(timeout=IDLE_POLL_S)
         except queue.Empty:
             return
-        self._spool.append([message])
-        self._refresh_stats()
+        self._to_spool([message])
 
     def _move_inbox_to_spool(self) -> None:
         batch: List[Message] = []
@@ -255,12 +255,20 @@ class Publisher:
             except queue.Empty:
                 break
         if batch:
+            self._to_spool(batch)
+
+    def _to_spool(self, batch: List[Message]) -> None:
+        try:
             self._spool.append(batch)
-            self._refresh_stats()
+        except OSError as exc:  # a full or vanished disk: these are lost, counted; later ones may fare better
+            self._dropped_unwritable += len(batch)
+            log.warning("MQTT: cannot write the spool %s (%s): %d messages dropped (%d in all)", self._spool.folder,
+                        exc.strerror or exc, len(batch), self._dropped_unwritable)
+        self._refresh_stats()
 
     def _refresh_stats(self) -> None:
         self.stats.queued = self._spool.queued
-        self.stats.dropped = self._dropped_inbox + self._spool.dropped
+        self.stats.dropped = self._dropped_inbox + self._dropped_unwritable + self._spool.dropped
 
     def _connect(self) -> None:
         client = self._new_client()

@@ -150,6 +150,9 @@ class Spool:
 
     def close(self) -> None:
         self._save_cursor(force=True)
+        self._release()
+
+    def _release(self) -> None:
         for fd in (self._append_fd, self._lock_fd):
             if fd is not None:
                 os.close(fd)
@@ -173,10 +176,14 @@ class Spool:
                     raise SpoolError(f"the MQTT spool {self.folder} is in use by another edge-classify: give "
                                      "each instance its own --mqtt-spool") from None
                 raise SpoolError(f"cannot lock the MQTT spool {self.folder}: {exc.strerror or exc}") from None
-        for path in sorted(self.folder.glob(SEGMENT_PREFIX + "*" + SEGMENT_SUFFIX)):
-            number = _segment_number(path)
-            if number is not None:
-                self._segments.append(self._scan(number, path))
+        try:
+            for path in sorted(self.folder.glob(SEGMENT_PREFIX + "*" + SEGMENT_SUFFIX)):
+                number = _segment_number(path)
+                if number is not None:
+                    self._segments.append(self._scan(number, path))
+        except OSError as exc:
+            self._release()
+            raise SpoolError(f"cannot read the MQTT spool {self.folder}: {exc.strerror or exc}") from None
         self._cursor = self._load_cursor()
         self._read = self._cursor
         self._delete_finished_segments()

@@ -622,3 +622,28 @@ def test_the_heartbeat_resends_a_steady_label():
     fleet.frame({"frame": 3, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
     fleet.frame({"frame": 4, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
     assert [m["frame"] for m in fleet.publisher.sent] == [0, 3]
+
+
+def test_service_with_mqtt_and_metrics_keeps_the_hardening_score(tmp_path):
+    import re
+
+    from edge.service import main as service
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    scores = []
+    for name, flags in (("plain", []), ("fleet", ["--mqtt", "mqtt://hub/edge", "--metrics-port", "9101"])):
+        root = tmp_path / name
+        assert service(["install", "--model", str(model), "--user", "edge", "--root", str(root), "--camera", "0",
+                        *flags]) == 0
+        result = subprocess.run([analyze, "security", "--offline=true",
+                                 str(root / "etc/systemd/system/edge-classify.service")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        match = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)
+        if match is None:
+            pytest.skip("this systemd-analyze cannot rate a unit offline")
+        scores.append(float(match.group(1)))
+    assert scores[1] == scores[0]
