@@ -13,8 +13,10 @@ MJPG video with human output, rounds alternating between:
 - ``--mqtt-every frame`` and ``--metrics-port`` together.
 
 It prints the loop's FPS and its output-stage milliseconds (medians over rounds; publishing and the
-metrics are timed inside that stage), and the cost of one ``FleetOutputs.frame`` call alone (building
-the JSON payload and queueing it, plus the histograms). Weights are random: speed does not depend on them.
+metrics are timed inside that stage), the cost of one ``FleetOutputs.frame`` call alone (building
+the JSON payload and queueing it, plus the histograms), and how fast a backlog goes into the spool
+while the broker is down and out of it once the broker is back. Weights are random: speed does not
+depend on them.
 """
 
 import argparse
@@ -46,10 +48,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_broker(folder: Path) -> "tuple[subprocess.Popen, int]":
+def start_broker(folder: Path, port: int = 0) -> "tuple[subprocess.Popen, int]":
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    config = folder / "mosquitto.conf"
+    port = port or free_port()
+    config = folder / f"mosquitto-{port}.conf"
     config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {os.environ.get('USER', 'root')}\n")
     process = subprocess.Popen([mosquitto, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
@@ -121,6 +123,41 @@ def frame_call_cost(classifier, frames, broker_port: int, spool: Path) -> Dict[s
     return results
 
 
+def drain_rate(folder: Path, count: int = 5000) -> Dict[str, float]:
+    """A backlog of ``count`` messages spooled while the broker is down, then sent when it is up: messages per
+    second into the spool, and out of it after the broker is back."""
+    from edge.mqtt import Credentials, Publisher, parse_url
+    from edge.spool import Spool
+
+    payload = ('{"source":"csi://0","frame":0,"time":1764253001.532,"label":"tabby","index":281,"score":0.83,'
+               '"topk":[{"label":"tabby","index":281,"score":0.83}],"age_ms":38.5,"dropped":0}')
+    port = free_port()  # nothing listens yet
+    publisher = Publisher(parse_url(f"mqtt://127.0.0.1:{port}/bench"), Credentials(), "drain",
+                          Spool(folder / "drain", 512 << 20))
+    publisher.start(wait_s=1.0)
+    started = time.perf_counter()
+    for _ in range(count):
+        publisher.submit("bench/drain/label", payload)
+    while publisher.stats.queued < count:
+        time.sleep(0.001)
+    spooled = time.perf_counter() - started
+    broker, _ = start_broker(folder, port)
+    try:
+        up = time.perf_counter()
+        while publisher.stats.connects == 0 and time.perf_counter() - up < 60:  # the backoff's next try
+            time.sleep(0.001)
+        started = time.perf_counter()
+        while publisher.stats.sent < count and time.perf_counter() - started < 120:
+            time.sleep(0.002)
+        sent = time.perf_counter() - started
+        publisher.close()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    return {"count": count, "spool_rate": count / spooled, "send_rate": publisher.stats.sent / sent,
+            "sent": publisher.stats.sent, "reconnect_s": started - up}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
@@ -163,6 +200,7 @@ def main() -> None:
                 for name, flags in configs.items():
                     results[name].append(run_loop(classifier, video, flags))
             cost = frame_call_cost(classifier, decode_all(video), port, folder)
+            drain = drain_rate(folder)
         finally:
             broker.terminate()
             broker.wait(10)
@@ -186,6 +224,12 @@ def main() -> None:
     print("|---|---:|")
     for name, value in cost.items():
         print(f"| {name} | {value:.1f} |")
+    print()
+    print(f"| backlog of {drain['count']} messages (broker down, then up) | messages/s |")
+    print("|---|---:|")
+    print(f"| into the spool (broker down) | {drain['spool_rate']:.0f} |")
+    print(f"| out of the spool once reconnected ({drain['sent']:.0f} sent; the backoff's next try came "
+          f"{drain['reconnect_s']:.1f} s after the broker was back) | {drain['send_rate']:.0f} |")
 
 
 if __name__ == "__main__":
