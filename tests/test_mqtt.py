@@ -141,6 +141,12 @@ def test_every_frame_reaches_a_subscriber_and_the_metrics_parse(broker_factory, 
     assert [k for k in scraped if k.startswith("edge_classify_prediction_score{")][0].split("label=")[1][:-1] \
         .split(",")[0] in COLOURS  # one series: the current label (index=..., label=...)
     assert any(k.startswith("edge_classify_info{") and "provider=" in k for k in scraped)
+    from edge.metrics import METRIC_NAMES
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for name in METRIC_NAMES:  # every metric is served, and listed in the README
+        assert any(k == name or k.startswith((name + "_", name + "{")) for k in scraped), name
+        assert f"`{name}" in readme, name
 
 
 def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour_model, clip, tmp_path):
