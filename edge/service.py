@@ -363,6 +363,7 @@ def install(args: argparse.Namespace, extras: Sequence[str]) -> int:
              (env_path(root, config.name), render_environment(config), 0o600)]  # it may hold stream passwords
     if args.dry_run:
         for path, text, _ in files:
+            text = re.sub(r"^(EDGE_MQTT_PASSWORD=).+$", r"\1(set, not shown)", text, flags=re.MULTILINE)
             print(f"# ---- {path}\n{text}", end="" if text.endswith("\n") else "\n")
         return EXIT_OK
     if args.root is not None:

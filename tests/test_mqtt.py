@@ -441,7 +441,7 @@ def test_spool_cuts_a_torn_last_line_and_refuses_a_second_user(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- service
 
-def test_service_install_passes_the_flags_and_keeps_the_login_out_of_argv(tmp_path, monkeypatch):
+def test_service_install_passes_the_flags_and_keeps_the_login_out_of_argv(tmp_path, monkeypatch, capsys):
     import re
     import stat
 
@@ -468,6 +468,10 @@ def test_service_install_passes_the_flags_and_keeps_the_login_out_of_argv(tmp_pa
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert "word" not in " ".join(value(unit, "ExecStart"))
     assert "network-online.target" in value(unit, "Wants")  # a broker is on the network
+    assert service(["install", "--model", str(model), "--user", "edge", "--dry-run", "--source", "csi://0",
+                    "--mqtt", "mqtt://broker.local/home"]) == 0
+    shown = capsys.readouterr().out
+    assert "EDGE_MQTT_USERNAME=camera" in shown and "word" not in shown  # a dry run does not print the password
 
 
 @pytest.mark.parametrize("flags, message", [
