@@ -18,14 +18,11 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .errors import WeightsError
 from .zoo import (IMAGENET_MEAN, IMAGENET_STD, Arch, LoadReport, build_model, get_arch, head_of,
                   imagenet_categories, load_matching, pretrained_weights, replace_head)
 
 log = logging.getLogger(__name__)
-
-
-class WeightsError(ValueError):
-    """Weights or labels that cannot be used; the message is one line for the user."""
 
 
 @dataclass
@@ -60,7 +57,7 @@ def load_model(arch_name: str, weights: str = "pretrained", *, num_classes: Opti
 
 def load_checkpoint_model(path: Path, *, labels: Optional[Sequence[str]] = None) -> LoadedModel:
     """The model saved by ``edge-train`` in ``path``, with its classes, sizes and validation images."""
-    from .checkpoint import checkpoint_val_images, load_checkpoint
+    from .train.checkpoint import checkpoint_val_images, load_checkpoint
 
     ckpt = load_checkpoint(path)
     arch = get_arch(ckpt["arch"])

@@ -21,8 +21,9 @@ from typing import Any, Dict, List, Mapping
 
 import torch
 
-from .exporter import atomic_path
-from .load import WeightsError, error_reason
+from ..errors import WeightsError
+from ..exporter import atomic_path
+from ..load import error_reason
 
 log = logging.getLogger(__name__)
 
