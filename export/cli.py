@@ -110,7 +110,10 @@ def _run(args: argparse.Namespace) -> int:
     opset = args.opset or DEFAULT_OPSET
     rows, failed = [], 0
     for out, fmt in _progress(list(zip(args.out, formats))):
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a path under a file, a read-only disk
+            raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
         log.info("exporting %s (%s, %s, %s input)", out, fmt.name, args.precision, args.input_kind)
         started = time.perf_counter()
         try:

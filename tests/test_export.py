@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import PHOTO_ARCH
+from reference import SEED_MEAN, SEED_STD, seed_crop
 import torch
 
 from export.cli import export_main
@@ -31,16 +32,12 @@ def run_torchscript(path: Path, batch: np.ndarray) -> np.ndarray:
 
 def cropped_pixels(photos, side=224, resize=256) -> np.ndarray:
     """What a device feeds the artifact: torchvision's Resize + CenterCrop, as uint8 NHWC."""
-    import torchvision.transforms as T
-    from PIL import Image
-
-    crop = T.Compose([T.Resize(resize), T.CenterCrop(side)])
-    return np.stack([np.asarray(crop(Image.fromarray(p))) for p in photos])
+    return np.stack([seed_crop(p, resize, side) for p in photos])
 
 
 def eager_logits(model, pixels: np.ndarray) -> np.ndarray:
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor(SEED_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SEED_STD).view(1, 3, 1, 1)
     x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
         return model(x).numpy()
@@ -105,8 +102,8 @@ def test_float_input_artifact_takes_normalised_nchw(tmp_path, photos, photo_mode
     model, labels = photo_model
     out = export_artifact(model, tmp_path / "f.onnx", arch=PHOTO_ARCH, labels=labels, input_kind="float")
     pixels = cropped_pixels([photos[n] for n in labels])
-    mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
-    std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+    mean = np.array(SEED_MEAN, np.float32).reshape(1, 3, 1, 1)
+    std = np.array(SEED_STD, np.float32).reshape(1, 3, 1, 1)
     normalised = ((pixels.transpose(0, 3, 1, 2) / np.float32(255) - mean) / std).astype(np.float32)
     got = run_onnx(out, normalised)
     np.testing.assert_allclose(got, eager_logits(model, pixels), atol=1e-3 * np.abs(got).max())
