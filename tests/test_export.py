@@ -253,3 +253,46 @@ def test_an_artifact_that_disagrees_is_not_kept(tmp_path, weights_file, labels_f
     assert code == 1
     assert "disagrees with the eager model" in printed.err and "FAILED" in printed.out
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_fp16_of_an_input_sensitive_model_passes_on_what_a_user_sees(tmp_path, photos, capsys):
+    """mobilenet_v2 with batch-norm recalibrated on the photos and a scaled-up head: large, input-sensitive logits
+    that FP16 moves by half a unit. The probabilities a user reads do not move, so the export is kept."""
+    from conftest import fit_photo_model
+
+    names = list(photos)
+    model = fit_photo_model("mobilenet_v2", [photos[n] for n in names])
+    weights, labels = tmp_path / "sensitive.pth", tmp_path / "labels.txt"
+    torch.save(model.state_dict(), weights)
+    labels.write_text("\n".join(names) + "\n")
+    out = tmp_path / "m.ts"  # FP16 TorchScript: the file the logit criterion refused to write
+    code = export_main(["--arch", "mobilenet_v2", "--weights", str(weights), "--labels", str(labels),
+                        "--precision", "fp16", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    assert printed.out.count(" ok") == 1 and out.is_file()
+    pixels = cropped_pixels([photos[n] for n in names])
+    reference = eager_logits(model, pixels)
+    assert np.abs(run_torchscript(out, pixels) - reference).max() > 0.05  # the logits did move
+
+
+def test_verification_runs_the_device_path_and_measures_its_pixels(photo_onnx, photo_model):
+    """Through edge's preprocessing the pixels are within a fraction of a grey level of torchvision's; a runtime
+    that stretches the frame with nearest-neighbour (jetson-inference's way) plugs in and is seen to differ."""
+    import cv2
+
+    from export.load import LoadedModel
+    from export.verify import DevicePath, builtin_frames, eager_reference, edge_device_path, verify_path
+
+    model, labels = photo_model
+    frames = [frame for _, frame in builtin_frames()]
+    reference = eager_reference(LoadedModel(model, PHOTO_ARCH, labels, 224, 256, "test"), frames)
+    ours = edge_device_path(photo_onnx)
+    result = verify_path(frames, reference, ours, tolerance=1e-3)
+    assert result.ok and result.top1_agree == len(frames) and result.mean_pixel_diff < 0.65
+    stretched = DevicePath(crop=lambda f: cv2.resize(f, (224, 224), interpolation=cv2.INTER_NEAREST)[..., ::-1],
+                           to_input=ours.to_input, run=ours.run, metadata=ours.metadata)
+    other = verify_path(frames, reference, stretched, tolerance=1e-3)
+    assert other.mean_pixel_diff > 10 * result.mean_pixel_diff
+    assert other.max_prob_diff > result.max_prob_diff and other.artifact_prob_diff == result.artifact_prob_diff
