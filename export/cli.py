@@ -94,13 +94,14 @@ def _run(args: argparse.Namespace) -> int:
     from .load import load_checkpoint_model, load_model, read_labels_file
     from .metadata import artifact_metadata
     from .verify import default_tolerance, eager_reference, edge_device_path, verification_frames, verify_path
+    from .zoo import DEFAULT_ARCH
 
     formats = [format_for(out) for out in args.out]  # reject a bad suffix before any slow work
     labels = read_labels_file(args.labels) if args.labels else None
     if args.checkpoint:
         loaded = load_checkpoint_model(args.checkpoint, labels=labels)
     else:
-        loaded = load_model(args.arch or "mobilenet_v2", args.weights, num_classes=args.num_classes, labels=labels)
+        loaded = load_model(args.arch or DEFAULT_ARCH, args.weights, num_classes=args.num_classes, labels=labels)
     frames = [frame for _, frame in verification_frames(args.verify_images, loaded.verify_images)]
     reference = eager_reference(loaded, frames)
     tolerance = args.tolerance if args.tolerance is not None else default_tolerance(args.precision)

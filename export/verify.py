@@ -102,6 +102,7 @@ def verification_frames(folder: Optional[Path], extra: Sequence[Path] = ()) -> L
 
     Files are decoded by OpenCV, as the device decodes them (and as the seed pipeline read them).
     """
+    require_opencv()
     from edge.images import ImageError, read_image
 
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder else list(extra)
@@ -114,6 +115,15 @@ def verification_frames(folder: Optional[Path], extra: Sequence[Path] = ()) -> L
         except ImageError as exc:
             raise VerificationError(f"cannot read verification image {path}: {exc}") from None
     return frames or builtin_frames()
+
+
+def require_opencv() -> None:
+    """The device path needs OpenCV, which the export extra leaves out (one OpenCV per environment: see setup.cfg)."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        raise VerificationError("edge-export verifies each artifact with edge-classify's own preprocessing, which "
+                                "needs OpenCV: pip install 'edge-classifier[opencv-headless]' (or [desktop])") from None
 
 
 def builtin_frames() -> List[Tuple[str, np.ndarray]]:
