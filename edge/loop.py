@@ -208,16 +208,16 @@ class StreamOutput:
 def open_window(width: int, height: int, fullscreen: bool) -> None:
     """The display window, opened on the first frame: at the frame's size, or filling the screen.
 
-    A resizable window (WINDOW_NORMAL) would open at the GUI's default size (400x300 with GTK) and the
-    Qt backend shrinks the picture into it; so it is sized to the frame explicitly. Frames larger than
-    the screen are left to the window manager.
+    A resizable window (WINDOW_NORMAL) opens at the GUI's default size (400x300) and shrinks the picture
+    into it, and Qt's toolbar and status bar (WINDOW_GUI_EXPANDED, its default) take more of it: so no
+    toolbar, and the window is sized to the frame. Fullscreen is asked for after that, so a window
+    manager that ignores it still shows the frame at its size.
     """
-    flags = cv2.WINDOW_NORMAL | getattr(cv2, "WINDOW_KEEPRATIO", 0)
+    flags = cv2.WINDOW_NORMAL | getattr(cv2, "WINDOW_KEEPRATIO", 0) | getattr(cv2, "WINDOW_GUI_NORMAL", 0)
     cv2.namedWindow(WINDOW, flags)
+    cv2.resizeWindow(WINDOW, int(width), int(height))
     if fullscreen:
         cv2.setWindowProperty(WINDOW, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
-    else:
-        cv2.resizeWindow(WINDOW, int(width), int(height))
 
 
 def run_stream(options: StreamOptions, classifier: Classifier, stop: Optional[threading.Event] = None) -> int:

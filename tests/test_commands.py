@@ -61,7 +61,6 @@ def test_the_window_opens_at_the_frame_size_or_fullscreen(monkeypatch):
     calls.clear()
     edge.loop.open_window(1280, 720, fullscreen=True)
     assert any(c[0] == "setWindowProperty" and c[3] == edge.loop.cv2.WINDOW_FULLSCREEN for c in calls)
-    assert not any(c[0] == "resizeWindow" for c in calls)
 
 
 def test_fullscreen_needs_display(capsys, photo_onnx, tmp_path):
