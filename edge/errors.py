@@ -32,19 +32,22 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def parse_arguments(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], *, known: bool = False
+def parse_arguments(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
                     ) -> Tuple[Optional[argparse.Namespace], int]:
     """``(args, 0)``, or ``(None, code)`` when argparse exits: 0 for --help / --version, 2 for a usage error.
 
     argparse has printed its message by then; returning the code (instead of letting SystemExit
     escape) keeps ``main(argv)`` callable in process with the same exit codes as the console script.
-    With ``known``, the result is ``((args, extras), 0)`` as from ``parse_known_args``.
     """
     try:
-        parsed = parser.parse_known_args(argv) if known else parser.parse_args(argv)
+        return parser.parse_args(argv), EXIT_OK
     except SystemExit as exc:
-        return None, EXIT_OK if exc.code in (0, None) else EXIT_USAGE
-    return parsed, EXIT_OK  # type: ignore[return-value]
+        return None, exit_code_of(exc)
+
+
+def exit_code_of(exc: SystemExit) -> int:
+    """argparse's exit as ours: 0 after --help or --version, 2 for a usage error."""
+    return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
 
 
 def run_guarded(prog: str, body: Callable[[], int], *, verbose: bool,

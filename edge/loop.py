@@ -3,8 +3,8 @@
 ``edge-classify --camera 0`` / ``--source URI`` land here through :func:`run_stream`::
 
     stop = threading.Event()
-    code = run_stream(StreamOptions(source="clip.mp4", json=True), classifier, stop)   # 0 when stopped, at
-                                                                                        # end of file or --max-frames
+    options = StreamOptions(source="clip.mp4", json=True)     # or StreamOptions.from_args(args)
+    code = run_stream(options, classifier, stop)    # 0 when stopped, at end of file or --max-frames
 
 The loop classifies the newest frame of a live source (the grabber drops the stale ones and counts
 them), or every frame of a video file in order. Each frame is stamped when it is read, so its age

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from . import __version__, contract
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, EdgeError, add_version, parse_arguments, run_guarded
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, EdgeError, add_version, exit_code_of, run_guarded
 from .resources import package_text
 
 DEFAULT_NAME = "edge-classify"
@@ -514,13 +514,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    parsed, code = parse_arguments(parser, argv, known=True)
-    if parsed is None:
-        return code
-    args, extras = parsed
-    if extras and args.command != "install":
-        print(f"edge-service: unrecognized arguments: {' '.join(extras)}", file=sys.stderr)
-        return EXIT_USAGE
+    try:
+        args, extras = parser.parse_known_args(argv)  # install passes the rest on to edge-classify
+        if extras and args.command != "install":
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    except SystemExit as exc:  # argparse has printed its message
+        return exit_code_of(exc)
     return run_guarded("edge-service", lambda: _run(args, extras), verbose="-v" in extras or "--verbose" in extras)
 
 
