@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from edge import contract
 from edge.errors import EXIT_USAGE, EdgeError, add_version, parse_arguments, run_guarded
 
 from . import __version__
@@ -50,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
     parser.add_argument("--num-classes", type=_positive_int, metavar="N",
                         help="replace the head with an N-class one (default: what the weights or --labels have)")
-    parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
+    parser.add_argument("--precision", choices=contract.PRECISIONS, default="fp16",
                         help="weights and arithmetic precision; input stays uint8 and logits float32 (default fp16)")
-    parser.add_argument("--input", dest="input_kind", choices=("uint8", "float"), default="uint8",
+    parser.add_argument("--input", dest="input_kind", choices=contract.INPUT_KINDS, default=contract.INPUT_UINT8,
                         help="uint8: NHWC RGB pixels, normalised inside the graph (default); float: plain NCHW "
                              "float32 normalised input, for TensorRT 8.x / jetson-inference")
     parser.add_argument("--opset", type=_positive_int, default=None, metavar="N",
@@ -206,7 +207,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     add("--gamma", type=_positive_float, metavar="G",
         help=f"what the learning rate is multiplied by every --step-size epochs (default {DEFAULTS['gamma']})")
     add("--image-size", type=_positive_int, metavar="S",
-        help="the model's input side; validation resizes to round(S / 0.875) and crops S (default: the "
+        help=f"the model's input side; validation resizes to round(S / {contract.CROP_FRACTION}) and crops S (default: the "
              "architecture's, 224 or 299)")
     add("--augment", choices=("default", "none"),
         help="default: RandomResizedCrop + horizontal flip; none: the validation Resize + CenterCrop, for images "
