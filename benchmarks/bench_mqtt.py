@@ -77,7 +77,7 @@ def run_loop(classifier, video: Path, flags: List[str]) -> Dict[str, float]:
     spec = parse_source(source=str(video))
     grabber = Grabber(spec, open_capture)
     grabber.open_first()
-    fleet = FleetOutputs.open(args, spec.name, classifier)
+    fleet = FleetOutputs.open(options.fleet, spec.name, classifier)
     if fleet is not None:
         fleet.watch(grabber)
     output = StreamOutput(options, spec.name, stop, video_fps=lambda: FPS)
@@ -98,7 +98,7 @@ def run_loop(classifier, video: Path, flags: List[str]) -> Dict[str, float]:
 def frame_call_cost(classifier, frames, broker_port: int, spool: Path) -> Dict[str, float]:
     """Median microseconds of one FleetOutputs.frame call (what the loop thread pays per frame)."""
     from edge.cli import build_parser
-    from edge.fleet import FleetOutputs
+    from edge.fleet import FleetOptions, FleetOutputs
     from edge.loop import frame_record
 
     results = {}
@@ -108,7 +108,7 @@ def frame_call_cost(classifier, frames, broker_port: int, spool: Path) -> Dict[s
                         ("mqtt + metrics", ["--mqtt", f"mqtt://127.0.0.1:{broker_port}/bench", "--mqtt-every",
                                             "frame", "--mqtt-spool", str(spool / "cost"), "--metrics-port", "0"])):
         args = build_parser().parse_args(["--source", "x.avi", *flags])
-        fleet = FleetOutputs.open(args, "x.avi", classifier)
+        fleet = FleetOutputs.open(FleetOptions.from_args(args), "x.avi", classifier)
         costs = []
         try:
             for number, frame in enumerate(frames):

@@ -3,8 +3,9 @@
 ``edge.cli`` adds the flags (``add_fleet_arguments``); ``edge.loop`` opens the outputs before the first
 frame and hands each frame over::
 
-    fleet = FleetOutputs.open(args, source="csi://0", classifier=classifier)   # None without the flags;
-    fleet.watch(grabber)                                                        # FleetError: exit 2
+    options = FleetOptions.from_args(args)                 # None without the flags
+    fleet = FleetOutputs.open(options, source="csi://0", classifier=classifier)   # FleetError: exit 2
+    fleet.watch(grabber)
     fleet.frame(record, prediction, stages_ms, age_ms, fps)                     # per frame, never blocks
     fleet.close()
 
@@ -21,8 +22,11 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from .errors import EdgeError
 
 log = logging.getLogger("edge-classify")
 
@@ -30,7 +34,7 @@ DEFAULT_SPOOL_MB = 64.0
 DEFAULT_HEARTBEAT_S = 60.0
 
 
-class FleetError(RuntimeError):
+class FleetError(EdgeError):
     """A fleet flag that cannot work (missing extra, refused login, port taken): one line, exit 2."""
 
 
@@ -59,7 +63,7 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the address the metrics listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
 
 
-def check_fleet_arguments(args: argparse.Namespace) -> Optional[str]:
+def check_fleet_arguments(args: Any) -> Optional[str]:
     """Why the fleet flags cannot work as given (checked before the model loads), or None."""
     from .mqtt import PublisherError, parse_url
 
@@ -91,6 +95,30 @@ def _every(text: str) -> str:
     raise argparse.ArgumentTypeError(f"change, frame or a number of frames (1 or more), not {text!r}")
 
 
+@dataclass(frozen=True)
+class FleetOptions:
+    """The fleet flags (their names are the flags'), carried by the loop's ``StreamOptions``."""
+
+    mqtt: Optional[str] = None
+    mqtt_every: str = "change"
+    mqtt_heartbeat: float = DEFAULT_HEARTBEAT_S
+    mqtt_name: Optional[str] = None
+    mqtt_ca: Optional[str] = None
+    mqtt_spool: Optional[str] = None
+    mqtt_spool_max: float = DEFAULT_SPOOL_MB
+    metrics_port: Optional[int] = None
+    metrics_host: str = "127.0.0.1"
+    model: str = ""  # for the metrics' info labels
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Optional[FleetOptions]":
+        """The options when ``--mqtt`` or ``--metrics-port`` is given; None otherwise."""
+        if not getattr(args, "mqtt", None) and getattr(args, "metrics_port", None) is None:
+            return None
+        names = [f.name for f in fields(cls) if f.name != "model"]
+        return cls(model=str(getattr(args, "model", None) or ""), **{n: getattr(args, n) for n in names})
+
+
 class FleetOutputs:
     """The MQTT publisher and the metrics of one run; either may be absent."""
 
@@ -105,25 +133,22 @@ class FleetOutputs:
         self._last_sent = time.monotonic()
 
     @classmethod
-    def open(cls, args: argparse.Namespace, source: str, classifier: Any) -> "Optional[FleetOutputs]":
-        """What the flags ask for, started; None without them (the loop then builds no record for them)."""
-        if getattr(args, "metrics_port", None) is None and not getattr(args, "mqtt", None):
+    def open(cls, options: Optional[FleetOptions], source: str, classifier: Any) -> "Optional[FleetOutputs]":
+        """What the options ask for, started; None without them (the loop then builds no record for them)."""
+        if options is None:
             return None
         metrics = publisher = None
         try:
-            if getattr(args, "metrics_port", None) is not None:
-                metrics = _open_metrics(args, source, classifier)
-            if getattr(args, "mqtt", None):
-                publisher = _open_publisher(args, source)
+            if options.metrics_port is not None:
+                metrics = _open_metrics(options, source, classifier)
+            if options.mqtt:
+                publisher = _open_publisher(options, source)
         except Exception:
             if metrics is not None:
                 metrics.close()
             raise
         topic = f"{publisher.target.prefix}/{publisher.name}/label" if publisher is not None else ""
-        if metrics is not None and publisher is not None:
-            metrics.watch(lambda: 0, lambda: 0, publisher.stats)
-        return cls(publisher, metrics, topic, getattr(args, "mqtt_every", "change"),
-                   getattr(args, "mqtt_heartbeat", DEFAULT_HEARTBEAT_S))
+        return cls(publisher, metrics, topic, options.mqtt_every, options.mqtt_heartbeat)
 
     def watch(self, grabber: Any) -> None:
         """Read the grabber's drop and reconnect counts at scrape time."""
@@ -169,33 +194,33 @@ class FleetOutputs:
                 self.metrics.close()
 
 
-def _open_metrics(args: argparse.Namespace, source: str, classifier: Any) -> Any:
+def _open_metrics(options: FleetOptions, source: str, classifier: Any) -> Any:
     from .metrics import Metrics, MetricsError
 
     try:
-        metrics = Metrics(source=source, model=str(getattr(args, "model", "") or ""),
+        metrics = Metrics(source=source, model=options.model,
                           arch=classifier.spec.arch, precision=classifier.spec.precision,
                           provider=str(classifier.backend.provider), version=_version())
-        metrics.serve(args.metrics_host, args.metrics_port)
+        metrics.serve(options.metrics_host, options.metrics_port)
     except MetricsError as exc:
         raise FleetError(str(exc)) from None
     return metrics
 
 
-def _open_publisher(args: argparse.Namespace, source: str) -> Any:
+def _open_publisher(options: FleetOptions, source: str) -> Any:
     from .mqtt import Credentials, Publisher, PublisherError, parse_url, require_paho, topic_name
     from .spool import Spool, SpoolError
 
     try:
         require_paho()  # before the spool is opened (and locked)
-        problem = check_fleet_arguments(args)  # again: run_stream may be called without edge.cli
+        problem = check_fleet_arguments(options)  # again: run_stream may be called without edge.cli
         if problem:
             raise PublisherError(problem)
-        target = parse_url(args.mqtt)
-        name = args.mqtt_name or topic_name(source)
-        folder = Path(args.mqtt_spool) if args.mqtt_spool else default_spool(name)
-        spool = Spool(folder, int(args.mqtt_spool_max * 1024 * 1024))
-        publisher = Publisher(target, Credentials.from_environment(), name, spool, ca_file=args.mqtt_ca)
+        target = parse_url(options.mqtt)
+        name = options.mqtt_name or topic_name(source)
+        folder = Path(options.mqtt_spool) if options.mqtt_spool else default_spool(name)
+        spool = Spool(folder, int(options.mqtt_spool_max * 1024 * 1024))
+        publisher = Publisher(target, Credentials.from_environment(), name, spool, ca_file=options.mqtt_ca)
         publisher.start()
     except (PublisherError, SpoolError) as exc:
         raise FleetError(str(exc)) from None

@@ -154,7 +154,7 @@ def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour
     arrival, duplicates (QoS 1) counted; meanwhile the metrics show the spool filling."""
     from edge.classify import Classifier
     from edge.cli import build_parser
-    from edge.loop import run_stream
+    from edge.loop import StreamOptions, run_stream
 
     broker = broker_factory()
     subscriber = Subscriber(broker.port, "edge")
@@ -177,7 +177,7 @@ def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour
 
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            result.append(run_stream(args, classifier, stop))
+            result.append(run_stream(StreamOptions.from_args(args), classifier, stop))
         printed.extend(buffer.getvalue().splitlines())
 
     worker = threading.Thread(target=run)
