@@ -3,6 +3,7 @@
     edge-export --arch mobilenet_v2 --weights mobilenet_v2-7ebf99e0.pth --precision fp16 \\
                 --out mobilenet_v2.onnx --out mobilenet_v2.ts
     edge-export --checkpoint runs/ants_bees.pt --out ants_bees.onnx
+    edge-export --weights pretrained --target all --out mobilenet_v2.onnx   # + .jetson/.deepstream/.tensorrt.onnx
 
 Each ``--out`` is written to a temporary file, reloaded the way a device loads it, held against the
 eager FP32 model on real photos, and only then renamed into place. Exit codes: 0 every artifact
@@ -25,6 +26,7 @@ EXTRA_HINT = "edge-export needs the export extra: pip install 'edge-classifier[e
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .targets import target_names
     from .zoo import ARCHITECTURES, DEFAULT_ARCH
 
     parser = argparse.ArgumentParser(
@@ -53,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify-images", type=Path, metavar="DIR",
                         help="photos to verify on (default: the checkpoint's val images, else built-in photos)")
     parser.add_argument("--out", type=Path, action="append", required=True, metavar="FILE",
-                        help="output file; its suffix picks the format (.onnx, .ts); repeatable")
+                        help="output file; its suffix picks the format (.onnx, .ts) and target (.jetson.onnx, "
+                             ".deepstream.onnx, .tensorrt.onnx); repeatable")
+    parser.add_argument("--target", action="append", choices=target_names(), metavar="TARGET",
+                        help="the runtime to export for: " + ", ".join(target_names()) + " (all: the first four); "
+                             "repeatable: one --out per target, or one --out to name them all after")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     return parser
 
@@ -80,39 +86,58 @@ def _run(args: argparse.Namespace) -> int:
     from .exporter import DEFAULT_OPSET, atomic_path, format_for, write_artifact
     from .load import load_checkpoint_model, load_model, read_labels_file
     from .metadata import artifact_metadata
+    from .target_files import run_commands, side_file_texts, write_side_files, write_target_onnx
+    from .target_verify import verify_target
+    from .targets import resolve_outputs
     from .verify import reference_images, verify_artifact
 
-    formats = [format_for(out) for out in args.out]  # reject a bad suffix before any slow work
+    pairs = resolve_outputs(args.out, args.target or [])  # reject a bad suffix or target before any slow work
     labels = read_labels_file(args.labels) if args.labels else None
     if args.checkpoint:
         loaded = load_checkpoint_model(args.checkpoint, labels=labels)
     else:
         loaded = load_model(args.arch or "mobilenet_v2", args.weights, num_classes=args.num_classes, labels=labels)
+    for out, target in pairs:  # labels a runtime's label file cannot hold fail here, before any export
+        side_file_texts(out, target, loaded.labels, args.precision, loaded.input_side)
     images = reference_images(args.verify_images, loaded.verify_images)
-    meta = artifact_metadata(arch=loaded.arch, labels=loaded.labels, input_side=loaded.input_side,
-                             resize_side=loaded.resize_side, precision=args.precision, input_kind=args.input_kind,
-                             source=loaded.source, mean=loaded.mean, std=loaded.std)
-    opset = args.opset or DEFAULT_OPSET
-    rows, failed = [], 0
-    for out, fmt in _progress(list(zip(args.out, formats))):
+    rows, commands, failed = [], [], 0
+    for out, target in _progress(pairs):
         out.parent.mkdir(parents=True, exist_ok=True)
-        log.info("exporting %s (%s, %s, %s input)", out, fmt.name, args.precision, args.input_kind)
+        precision = "fp32" if target.fp32_graph else args.precision
+        input_kind = target.input_kind or args.input_kind
+        meta = artifact_metadata(arch=loaded.arch, labels=loaded.labels, input_side=loaded.input_side,
+                                 resize_side=loaded.resize_side, precision=precision, input_kind=input_kind,
+                                 source=loaded.source, mean=loaded.mean, std=loaded.std)
+        opset = target.opset or args.opset or DEFAULT_OPSET
+        log.info("exporting %s (%s target, %s, %s input)", out, target.name, precision, input_kind)
         started = time.perf_counter()
         try:
             with atomic_path(out) as tmp:
-                write_artifact(loaded.model, tmp, meta, fmt=fmt, opset=opset)
+                if target.self_describing:
+                    fmt = format_for(out)
+                    write_artifact(loaded.model, tmp, meta, fmt=fmt, opset=opset)
+                else:
+                    write_target_onnx(loaded, tmp, target, {"target": target.name, "exporter": meta["exporter"],
+                                                            "source": loaded.source})
                 seconds = time.perf_counter() - started
-                result = verify_artifact(tmp, loaded, images, meta)
+                result = (verify_artifact(tmp, loaded, images, meta) if target.self_describing
+                          else verify_target(tmp, loaded, images, target))
                 size = tmp.stat().st_size
                 if not result.ok:
                     raise _Disagrees()
+            write_side_files(out, target, loaded.labels, args.precision, loaded.input_side)
+            commands.extend(run_commands(out, target, loaded.input_side, args.precision))
         except _Disagrees:
             failed += 1
             print(f"edge-export: {out} disagrees with the eager model beyond tolerance; not written",
                   file=sys.stderr)
-        label = f"{fmt.name}" + (f" opset {opset}" if fmt.suffix == ".onnx" else "")
-        rows.append((str(out), label, size, seconds, result))
-    _print_table(rows, args.precision, args.input_kind)
+        kind = "TorchScript" if out.suffix.lower() == ".ts" else f"ONNX opset {opset}"
+        shown_precision = precision if precision == args.precision else f"{precision} ({args.precision} engine)"
+        rows.append((str(out), target.name, kind, shown_precision, target.feed_label or input_kind, size, seconds,
+                     result))
+    _print_table(rows)
+    if commands:
+        print("\nrun them:\n" + "\n".join(f"  {line}" for line in commands))
     return 1 if failed else 0
 
 
@@ -129,12 +154,16 @@ class _Disagrees(Exception):
     """Raised inside the atomic write so a failed artifact is discarded."""
 
 
-def _print_table(rows: List[tuple], precision: str, input_kind: str) -> None:
-    header = ("artifact", "format", "precision", "input", "size", "export", "top-1 agree", "max |dlogit|", "status")
+def _print_table(rows: List[tuple]) -> None:
+    header = ("artifact", "target", "format", "precision", "input", "size", "export", "top-1 agree", "max |diff|",
+              "= PyTorch top-1", "status")
     lines = [header]
-    for path, fmt, size, seconds, result in rows:
-        lines.append((path, fmt, precision, input_kind, f"{size / 1e6:.1f} MB", f"{seconds:.1f} s",
+    for path, target, kind, precision, input_kind, size, seconds, result in rows:
+        # A crop-fed file's top-1 agreement IS its agreement with the PyTorch pipeline.
+        pytorch = getattr(result, "pytorch_agree", result.top1_agree)
+        lines.append((path, target, kind, precision, input_kind, f"{size / 1e6:.1f} MB", f"{seconds:.1f} s",
                       f"{result.top1_agree}/{result.images}", f"{result.max_abs_diff:.2e}",
+                      f"{pytorch}/{result.images}",
                       "ok" if result.ok else ("METADATA" if not result.metadata_ok else "FAILED")))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     for row in lines:
