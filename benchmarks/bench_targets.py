@@ -151,6 +151,11 @@ def main() -> None:
         cells = [f"{int(same[mask].sum())}/{int(mask.sum())}" for mask in by_framing.values()]
         print(f"| {name} | {int(same.sum())}/{len(same)} ({100 * same.mean():.0f}%) | " + " | ".join(cells)
               + f" | {int((top1 == truth).sum())}/{len(truth)} |")
+    print("\nframes whose top-1 differs from the seed pipeline's:")
+    for name, top1 in results.items():
+        differ = [frames[i][2].stem for i in np.flatnonzero(top1 != reference)]
+        if differ:
+            print(f"  {name.split(' (')[0]}: {', '.join(differ)}")
 
 
 if __name__ == "__main__":
