@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights and arithmetic precision; input stays uint8 and logits float32 (default fp16)")
     parser.add_argument("--input", dest="input_kind", choices=("uint8", "float"), default="uint8",
                         help="uint8: NHWC RGB pixels, normalised inside the graph (default); float: plain NCHW "
-                             "float32 normalised input, for TensorRT 8.x / jetson-inference")
+                             "float32 normalised input (the tensorrt and jetson-inference targets pick their own)")
     parser.add_argument("--opset", type=_positive_int, default=None, metavar="N",
                         help="ONNX opset (default 13: loads in JetPack 4.6's TensorRT 8.2 and onnxruntime 1.11; "
                              "18 or more uses torch's new exporter)")
@@ -86,12 +86,19 @@ def _run(args: argparse.Namespace) -> int:
     from .exporter import DEFAULT_OPSET, atomic_path, format_for, write_artifact
     from .load import load_checkpoint_model, load_model, read_labels_file
     from .metadata import artifact_metadata
-    from .target_files import run_commands, side_file_texts, write_side_files, write_target_onnx
+    from .target_files import (refuse_overwriting_inputs, run_commands, side_file_paths, side_file_texts,
+                               write_side_files, write_target_onnx)
     from .target_verify import verify_target
     from .targets import resolve_outputs
     from .verify import reference_images, verify_artifact
 
     pairs = resolve_outputs(args.out, args.target or [])  # reject a bad suffix or target before any slow work
+    refuse_overwriting_inputs([path for out, target in pairs for path in [out, *side_file_paths(out, target)]],
+                              [p for p in (args.weights, args.checkpoint, args.labels) if p])
+    for out, target in pairs:
+        if args.opset and target.opset and args.opset != target.opset:
+            log.warning("%s: the %s target is always opset %d (TensorRT 8.2 parses no newer); --opset %d is "
+                        "for onnxruntime and torchscript", out, target.name, target.opset, args.opset)
     labels = read_labels_file(args.labels) if args.labels else None
     if args.checkpoint:
         loaded = load_checkpoint_model(args.checkpoint, labels=labels)

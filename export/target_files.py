@@ -50,15 +50,30 @@ def write_target_onnx(loaded: LoadedModel, path: Path, target: Target, provenanc
     onnx.save(proto, str(path))
 
 
+def side_file_paths(model_path: Path, target: Target) -> List[Path]:
+    """Where ``target``'s side files for the model at ``model_path`` go (before anything is exported)."""
+    endings = {"jetson-inference": (".labels.txt",), "deepstream": (".labels.txt", ".nvinfer.txt")}
+    return [side_file(model_path, ending) for ending in endings.get(target.name, ())]
+
+
+def refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """A TargetError if a file about to be written is one of the files the export reads."""
+    existing = [Path(p) for p in inputs if Path(p).is_file()]
+    for out in outputs:
+        clash = [p for p in existing if Path(out).exists() and Path(out).samefile(p)]
+        if clash:
+            raise TargetError(f"{out} would overwrite the input {clash[0]}; choose another --out")
+
+
 def side_file_texts(model_path: Path, target: Target, labels: Sequence[str], precision: str,
                     input_side: int) -> Dict[Path, str]:
     """The side files of ``target`` for the model at ``model_path``: path -> text."""
     if target.name == "jetson-inference":
         return {side_file(model_path, ".labels.txt"): jetson_labels(labels)}
     if target.name == "deepstream":
-        labels_path = side_file(model_path, ".labels.txt")
+        labels_path, config_path = side_file_paths(model_path, target)
         config = nvinfer_config(model_path, labels_path, target, precision, input_side)
-        return {labels_path: deepstream_labels(labels), side_file(model_path, ".nvinfer.txt"): config}
+        return {labels_path: deepstream_labels(labels), config_path: config}
     return {}
 
 

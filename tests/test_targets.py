@@ -113,6 +113,16 @@ def test_impossible_target_combinations_are_refused(outs, names, message):
         resolve_outputs([Path(o) for o in outs], names)
 
 
+def test_runtime_resizing_matches_each_runtimes_own_rule(photos):
+    from export.target_verify import stretch_bilinear, stretch_nearest
+
+    for name, rgb in photos.items():
+        assert np.array_equal(stretch_nearest(rgb, 256, 224), jetson_nearest(rgb)), name
+        diff = np.abs(stretch_bilinear(rgb, 256, 224).astype(int)
+                      - cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_LINEAR).astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.25, name  # OpenCV rounds its fixed-point weights
+
+
 def test_jetson_inference_file_takes_what_imagenet_feeds(tmp_path, photo_model, photos, verification_photos):
     loaded = loaded_photo_model(photo_model)
     path = tmp_path / "m.jetson.onnx"
@@ -215,6 +225,17 @@ def test_labels_a_runtime_cannot_hold_fail_before_any_export(tmp_path, weights_a
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "';'" in err and "Traceback" not in err
     assert set(tmp_path.iterdir()) == before
+
+
+def test_a_side_file_never_overwrites_an_input(tmp_path, weights_and_labels, capsys):
+    weights, labels_file = weights_and_labels
+    labels = tmp_path / "m.jetson.labels.txt"  # exactly where the jetson-inference labels would go
+    labels.write_bytes(labels_file.read_bytes())
+    code = export_main(["--arch", PHOTO_ARCH, "--weights", str(weights), "--labels", str(labels),
+                        "--target", "jetson-inference", "--out", str(tmp_path / "m.jetson.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "would overwrite the input" in err
+    assert labels.read_bytes() == labels_file.read_bytes() and sorted(tmp_path.iterdir()) == [labels]
 
 
 def test_a_target_that_disagrees_leaves_no_model_and_no_side_files(tmp_path, weights_and_labels, monkeypatch,
