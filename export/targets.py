@@ -19,7 +19,6 @@ The runtime's feed is described as an affine map of the 0..255 RGB pixel ``p``, 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -28,8 +27,6 @@ import torch
 from torch import nn
 
 from .zoo import IMAGENET_MEAN, IMAGENET_STD
-
-log = logging.getLogger(__name__)
 
 ALL = "all"
 TRT_OPSET = 13  # the newest opset JetPack 4.6's TensorRT 8.2 parses
