@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -102,11 +102,20 @@ def eager_outputs(loaded: LoadedModel, pixels: np.ndarray, *, softmax: bool) -> 
 
 def verify_target(path: Path, loaded: LoadedModel, images: Sequence[Tuple[str, object]], target: Target) -> TargetCheck:
     """Run ``path`` on ``images`` as ``target``'s runtime would and hold it against the eager model."""
+    return verify_fed(path, loaded, images, resize=PREPROCESSING[target.preprocessing],
+                      feed=target.feed(loaded.mean, loaded.std) if target.feed else None, softmax=target.softmax)
+
+
+def verify_fed(path: Path, loaded: LoadedModel, images: Sequence[Tuple[str, object]], *,
+               resize: Callable[[np.ndarray, int, int], np.ndarray], feed: Optional[Affine],
+               softmax: bool) -> TargetCheck:
+    """Hold ``path`` against the eager model on ``images`` resized by ``resize`` (RGB, resize side, input
+    side -> uint8 HWC) and fed as ``feed`` (None: the uint8 NHWC pixels themselves); ``softmax`` when the
+    file outputs probabilities. Any preprocessing plugs in here, the device's own included."""
     rgbs = [np.asarray(img.convert("RGB") if hasattr(img, "convert") else img, dtype=np.uint8) for _, img in images]
-    resize = PREPROCESSING[target.preprocessing]
     pixels = np.stack([resize(rgb, loaded.resize_side, loaded.input_side) for rgb in rgbs])
-    got = run_onnx(path, runtime_feed(pixels, target.feed(loaded.mean, loaded.std))).astype(np.float64)
-    reference = eager_outputs(loaded, pixels, softmax=target.softmax)
+    got = run_onnx(path, pixels if feed is None else runtime_feed(pixels, feed)).astype(np.float64)
+    reference = eager_outputs(loaded, pixels, softmax=softmax)
     pytorch = eager_outputs(loaded, np.stack([crop(rgb, loaded.resize_side, loaded.input_side) for rgb in rgbs]),
                             softmax=False)
     tolerance = RELATIVE_TOLERANCE * max(float(np.abs(reference).max()), 1e-6)

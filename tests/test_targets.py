@@ -282,3 +282,24 @@ def test_one_run_writes_every_target_verified_with_commands_that_name_its_files(
         code = classify_main(["--model", str(model), "--image", str(photo_dir), "--json"])
         records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert code == 0 and [r["label"] for r in records] == [Path(r["source"]).stem for r in records]
+
+
+def test_verification_takes_any_preprocessing_the_device_one_included(tmp_path, photo_model, photos, photo_onnx,
+                                                                      verification_photos):
+    """The check is a function of (resize, feed): edge-classify's own OpenCV preprocessing plugs in as it is."""
+    from edge.preprocess import resize_and_crop
+    from export.target_verify import verify_fed
+
+    loaded = loaded_photo_model(photo_model)
+
+    def device_resize(rgb, resize, side):
+        return resize_and_crop(np.ascontiguousarray(rgb[..., ::-1]), resize, side)  # it takes BGR frames
+
+    check = verify_fed(photo_onnx, loaded, verification_photos, resize=device_resize, feed=None, softmax=False)
+    assert check.ok and check.pytorch_agree == check.images
+    # A wrong feed is caught: the jetson-inference file fed raw 0..255 pixels instead of normalised ones.
+    jetson = tmp_path / "m.jetson.onnx"
+    write_target_onnx(loaded, jetson, TARGETS["jetson-inference"], {})
+    wrong = verify_fed(jetson, loaded, verification_photos, resize=device_resize,
+                       feed=((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), softmax=True)
+    assert not wrong.ok
