@@ -88,6 +88,14 @@ def verification_photos():
     return reference_images(None)
 
 
+@pytest.fixture(scope="module")
+def jetson_file(tmp_path_factory, photo_model) -> Path:
+    """The photo model as a jetson-inference file (written once: several tests feed it)."""
+    path = tmp_path_factory.mktemp("jetson") / "m.jetson.onnx"
+    write_target_onnx(loaded_photo_model(photo_model), path, TARGETS["jetson-inference"], {"target": "jetson"})
+    return path
+
+
 def test_outputs_pair_with_targets_by_name_order_or_a_shared_stem():
     by_name = resolve_outputs([Path("a.onnx"), Path("b.jetson.onnx"), Path("c.deepstream.onnx"),
                                Path("d.tensorrt.onnx"), Path("e.ts")], [])
@@ -123,10 +131,9 @@ def test_runtime_resizing_matches_each_runtimes_own_rule(photos):
         assert diff.max() <= 1 and diff.mean() < 0.25, name  # OpenCV rounds its fixed-point weights
 
 
-def test_jetson_inference_file_takes_what_imagenet_feeds(tmp_path, photo_model, photos, verification_photos):
+def test_jetson_inference_file_takes_what_imagenet_feeds(jetson_file, photo_model, photos, verification_photos):
     loaded = loaded_photo_model(photo_model)
-    path = tmp_path / "m.jetson.onnx"
-    write_target_onnx(loaded, path, TARGETS["jetson-inference"], {"target": "jetson-inference"})
+    path = jetson_file
     proto = onnx.load(str(path))
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert (proto.graph.input[0].name, proto.graph.output[0].name, dims) == ("input_0", "output_0", [1, 3, 224, 224])
@@ -284,7 +291,7 @@ def test_one_run_writes_every_target_verified_with_commands_that_name_its_files(
         assert code == 0 and [r["label"] for r in records] == [Path(r["source"]).stem for r in records]
 
 
-def test_verification_takes_any_preprocessing_the_device_one_included(tmp_path, photo_model, photos, photo_onnx,
+def test_verification_takes_any_preprocessing_the_device_one_included(photo_model, photo_onnx, jetson_file,
                                                                       verification_photos):
     """The check is a function of (resize, feed): edge-classify's own OpenCV preprocessing plugs in as it is."""
     from edge.preprocess import resize_and_crop
@@ -298,8 +305,6 @@ def test_verification_takes_any_preprocessing_the_device_one_included(tmp_path, 
     check = verify_fed(photo_onnx, loaded, verification_photos, resize=device_resize, feed=None, softmax=False)
     assert check.ok and check.pytorch_agree == check.images
     # A wrong feed is caught: the jetson-inference file fed raw 0..255 pixels instead of normalised ones.
-    jetson = tmp_path / "m.jetson.onnx"
-    write_target_onnx(loaded, jetson, TARGETS["jetson-inference"], {})
-    wrong = verify_fed(jetson, loaded, verification_photos, resize=device_resize,
+    wrong = verify_fed(jetson_file, loaded, verification_photos, resize=device_resize,
                        feed=((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), softmax=True)
     assert not wrong.ok
