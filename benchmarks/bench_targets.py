@@ -31,7 +31,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))  # fit_photo_model: the tests' way to a model that tells photos apart
+# The seed pipeline (tests/reference.py) and fit_photo_model (conftest): shared with the tests.
+sys.path.insert(0, str(REPO / "tests"))
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "cat",
           "retina", "camera", "brick", "grass", "gravel", "moon", "coins", "clock", "page", "text", "cell")
@@ -70,15 +71,11 @@ def write_frames(photos: Dict[str, np.ndarray], folder: Path) -> List[Tuple[str,
     return frames
 
 
-def seed_top1(model, rgbs: List[np.ndarray]) -> np.ndarray:
-    import torch
-    import torchvision.transforms as T
-    from PIL import Image
+def seed_top1(model, bgrs: List[np.ndarray]) -> np.ndarray:
+    from reference import seed_logits, seed_transform
 
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    with torch.no_grad():
-        return np.array([int(model(transform(Image.fromarray(rgb))[None]).argmax()) for rgb in rgbs])
+    transform = seed_transform()
+    return np.array([int(np.argmax(seed_logits(model, bgr, transform))) for bgr in bgrs])
 
 
 def edge_classify_top1(path: Path, bgrs: List[np.ndarray]) -> np.ndarray:
@@ -88,14 +85,13 @@ def edge_classify_top1(path: Path, bgrs: List[np.ndarray]) -> np.ndarray:
     return np.array([classifier.classify(bgr).index for bgr in bgrs])
 
 
-def runtime_top1(path: Path, rgbs: List[np.ndarray], target_name: str, loaded) -> np.ndarray:
-    from export.target_verify import PREPROCESSING, run_onnx, runtime_feed
+def runtime_top1(path: Path, bgrs: List[np.ndarray], target_name: str, loaded) -> np.ndarray:
+    """The file fed as its runtime feeds it (export.target_verify's DevicePath for that runtime)."""
+    from export.target_verify import runtime_device_path
     from export.targets import TARGETS
 
-    target = TARGETS[target_name]
-    resize = PREPROCESSING[target.preprocessing]
-    pixels = np.stack([resize(rgb, loaded.resize_side, loaded.input_side) for rgb in rgbs])
-    return run_onnx(path, runtime_feed(pixels, target.feed(loaded.mean, loaded.std))).argmax(1)
+    device = runtime_device_path(path, TARGETS[target_name], loaded)
+    return device.run(np.stack([device.to_input(device.crop(bgr)) for bgr in bgrs])).argmax(1)
 
 
 def main() -> None:
@@ -125,8 +121,7 @@ def main() -> None:
             raise SystemExit(f"edge-export failed ({code})")
         frames = write_frames(photos, folder)
         bgrs = [cv2.imread(str(path)) for _, _, path in frames]
-        rgbs = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for bgr in bgrs]
-        reference = seed_top1(model, rgbs)
+        reference = seed_top1(model, bgrs)
         truth = np.array([list(photos).index(name) for name, _, _ in frames])
         results = {
             "seed pipeline (PIL + torchvision + eager torch)": reference,
@@ -134,9 +129,9 @@ def main() -> None:
             "tensorrt (m.tensorrt.onnx, FP32 graph, edge-classify)": edge_classify_top1(
                 folder / "m.tensorrt.onnx", bgrs),
             "jetson-inference (m.jetson.onnx, nearest stretch)": runtime_top1(
-                folder / "m.jetson.onnx", rgbs, "jetson-inference", loaded),
+                folder / "m.jetson.onnx", bgrs, "jetson-inference", loaded),
             "deepstream (m.deepstream.onnx, bilinear stretch)": runtime_top1(
-                folder / "m.deepstream.onnx", rgbs, "deepstream", loaded),
+                folder / "m.deepstream.onnx", bgrs, "deepstream", loaded),
         }
     framings = list(FRAMINGS)
     by_framing = {f: np.array([fr == f for _, fr, _ in frames]) for f in framings}

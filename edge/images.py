@@ -17,11 +17,12 @@ from typing import List, Optional, Sequence
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"})
+from .contract import IMAGE_SUFFIXES
+from .errors import EdgeError
 _GLOB_CHARS = set("*?[")
 
 
-class ImageError(ValueError):
+class ImageError(EdgeError, ValueError):
     """An input that is not a readable image; the message is one line."""
 
 

@@ -1,18 +1,24 @@
-"""Verify a target's file the way its runtime will feed it, and measure what that runtime's resizing costs.
+"""Verify a runtime target's file the way its runtime feeds it, and measure what that runtime's resizing costs.
 
 Each runtime makes the network-sized frame its own way (``PREPROCESSING``):
 
-- ``crop``: torchvision's eval transform (Resize with antialias, CenterCrop): edge-classify, tensorrt;
 - ``stretch-nearest``: jetson-inference's ``tensorConvert.cu``: the whole frame stretched to the
   network size, source pixel ``int(x * in_w / out_w)``, no crop, no smoothing;
 - ``stretch-bilinear``: DeepStream nvinfer with ``maintain-aspect-ratio=0`` and ``scaling-filter=1``.
 
-The runtime then feeds ``p * a + b`` (``Target.feed``). ``verify_target`` gives the file exactly that
-and the eager FP32 model the same pixels normalised the torchvision way, and compares them (top-1 and
-the largest difference); separately it counts how often the file's top-1 equals the PyTorch
-pipeline's (eager model, torchvision crop): the price of the runtime's resizing, not a failure::
+(edge-classify's own path, for the self-describing targets, is ``export.verify.edge_device_path``.)
+The runtime then feeds ``p * a + b`` (``Target.feed``). ``runtime_device_path`` packs all that as an
+``export.verify.DevicePath``, and ``verify_runtime`` runs it twice through ``export.verify.verify_path``:
 
-    check = verify_target(Path("m.jetson.onnx"), loaded, reference_images(None), TARGETS["jetson-inference"])
+- against the eager model on the runtime's OWN pixels: judged (top-1, probabilities within tolerance);
+- against the PyTorch pipeline (torchvision's crop, eager model): reported, not judged. Its top-1
+  agreement is the price of the runtime's resizing (``pytorch_agree``); its "artifact alone" part (the
+  file fed torchvision's crops the runtime's way) is a second, judged check of the graph::
+
+    frames = [f for _, f in verification_frames(None)]
+    check = verify_runtime(frames, eager_reference(loaded, frames), loaded,
+                           runtime_device_path(Path("m.jetson.onnx"), TARGETS["jetson-inference"], loaded),
+                           tolerance=0.001)
     check.ok, check.top1_agree, check.pytorch_agree, check.images
 """
 
@@ -20,41 +26,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
 
+from .errors import UsageError
 from .load import LoadedModel
 from .targets import Affine, Target
-
-RELATIVE_TOLERANCE = 1e-4  # the graph is FP32: only operation order differs from the eager model
-
-
-@dataclass(frozen=True)
-class TargetCheck:
-    """How a target's file compared with the eager model, fed as its runtime feeds it."""
-
-    images: int
-    top1_agree: int  # same top-1 as the eager model on the same (runtime-resized) pixels
-    max_abs_diff: float  # in the file's output units (probabilities when it ends in a Softmax)
-    tolerance: float
-    pytorch_agree: int  # same top-1 as the PyTorch pipeline (eager model, torchvision crop)
-    metadata_ok: bool = True  # these files carry no edge-classify metadata to check
-
-    @property
-    def ok(self) -> bool:
-        return self.top1_agree == self.images and self.max_abs_diff <= self.tolerance
-
-
-def crop(rgb: np.ndarray, resize: int, side: int) -> np.ndarray:
-    """torchvision's ``Resize(resize)`` + ``CenterCrop(side)`` of an RGB uint8 image."""
-    import torchvision.transforms as T
-    from PIL import Image
-
-    transform = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-                           T.CenterCrop(side)])
-    return np.asarray(transform(Image.fromarray(rgb)), dtype=np.uint8)
+from .verify import DevicePath, Reference, VerifyResult, verify_path
 
 
 def stretch_nearest(rgb: np.ndarray, resize: int, side: int) -> np.ndarray:
@@ -77,10 +57,35 @@ def stretch_bilinear(rgb: np.ndarray, resize: int, side: int) -> np.ndarray:
 
 
 PREPROCESSING: Dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
-    "crop": crop,
     "stretch-nearest": stretch_nearest,
     "stretch-bilinear": stretch_bilinear,
 }
+
+
+@dataclass(frozen=True)
+class RuntimeCheck:
+    """A runtime target's file against the eager model on its runtime's pixels (``own``, judged) and
+    against the PyTorch pipeline (``pipeline``: top-1 reported, the graph alone judged)."""
+
+    own: VerifyResult
+    pipeline: VerifyResult
+
+    @property
+    def ok(self) -> bool:
+        graph_ok = (self.pipeline.artifact_top1_agree == self.pipeline.images
+                    and self.pipeline.artifact_prob_diff <= self.pipeline.tolerance)
+        return self.own.ok and graph_ok
+
+    # The columns of edge-export's table, as export.verify.VerifyResult names them.
+    images = property(lambda self: self.own.images)
+    top1_agree = property(lambda self: self.own.top1_agree)
+    max_prob_diff = property(lambda self: self.own.max_prob_diff)
+    artifact_prob_diff = property(lambda self: max(self.own.artifact_prob_diff, self.pipeline.artifact_prob_diff))
+    tolerance = property(lambda self: self.own.tolerance)
+    mean_pixel_diff = property(lambda self: self.pipeline.mean_pixel_diff)  # the runtime's frame vs torchvision's
+    max_pixel_diff = property(lambda self: self.pipeline.max_pixel_diff)
+    metadata_ok = property(lambda self: True)  # these files carry no edge-classify metadata to check
+    pytorch_agree = property(lambda self: self.pipeline.top1_agree)
 
 
 def runtime_feed(pixels: np.ndarray, feed: Affine) -> np.ndarray:
@@ -90,60 +95,52 @@ def runtime_feed(pixels: np.ndarray, feed: Affine) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2).astype(np.float32) * a + b)
 
 
-def eager_outputs(loaded: LoadedModel, pixels: np.ndarray, *, softmax: bool) -> np.ndarray:
-    """The eager FP32 model on uint8 NHWC pixels, normalised as torchvision's ToTensor + Normalize do."""
-    mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(loaded.std, dtype=torch.float32).view(1, 3, 1, 1)
-    x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - mean) / std
-    with torch.no_grad():
-        out = loaded.model.eval()(x)
-        return (torch.softmax(out, 1) if softmax else out).double().numpy()
-
-
-def verify_target(path: Path, loaded: LoadedModel, images: Sequence[Tuple[str, object]], target: Target) -> TargetCheck:
-    """Run ``path`` on ``images`` as ``target``'s runtime would and hold it against the eager model."""
-    return verify_fed(path, loaded, images, resize=PREPROCESSING[target.preprocessing],
-                      feed=target.feed(loaded.mean, loaded.std) if target.feed else None, softmax=target.softmax)
-
-
-def verify_fed(path: Path, loaded: LoadedModel, images: Sequence[Tuple[str, object]], *,
-               resize: Callable[[np.ndarray, int, int], np.ndarray], feed: Optional[Affine],
-               softmax: bool) -> TargetCheck:
-    """Hold ``path`` against the eager model on ``images`` resized by ``resize`` (RGB, resize side, input
-    side -> uint8 HWC) and fed as ``feed`` (None: the uint8 NHWC pixels themselves); ``softmax`` when the
-    file outputs probabilities. Any preprocessing plugs in here, the device's own included."""
-    rgbs = [np.asarray(img.convert("RGB") if hasattr(img, "convert") else img, dtype=np.uint8) for _, img in images]
-    pixels = np.stack([resize(rgb, loaded.resize_side, loaded.input_side) for rgb in rgbs])
-    got = run_onnx(path, pixels if feed is None else runtime_feed(pixels, feed)).astype(np.float64)
-    reference = eager_outputs(loaded, pixels, softmax=softmax)
-    pytorch = eager_outputs(loaded, np.stack([crop(rgb, loaded.resize_side, loaded.input_side) for rgb in rgbs]),
-                            softmax=False)
-    tolerance = RELATIVE_TOLERANCE * max(float(np.abs(reference).max()), 1e-6)
-    return TargetCheck(
-        images=len(rgbs),
-        top1_agree=top1_agreement(reference, got, tolerance),
-        max_abs_diff=float(np.abs(reference - got).max()),
-        tolerance=tolerance,
-        pytorch_agree=int(np.sum(got.argmax(1) == pytorch.argmax(1))),
-    )
-
-
-def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
-    """``path`` in onnxruntime on CPU, one image at a time when its batch size is fixed (jetson-inference)."""
+def runtime_device_path(path: Path, target: Target, loaded: LoadedModel) -> DevicePath:
+    """``target``'s runtime as a ``DevicePath``: its resizing of a BGR frame, its feed, the file in onnxruntime."""
+    if target.preprocessing not in PREPROCESSING or target.feed is None:
+        raise UsageError(f"the {target.name} target runs through edge-classify's own path, not a runtime's")
     import onnxruntime as ort
 
+    resize = PREPROCESSING[target.preprocessing]
+    feed = target.feed(loaded.mean, loaded.std)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        out = run_session(session, batch)
+        if not target.softmax:
+            return out
+        with np.errstate(divide="ignore"):
+            return np.log(out.astype(np.float64))  # logits whose softmax is these probabilities again
+
+    return DevicePath(crop=lambda frame: resize(np.ascontiguousarray(frame[..., ::-1]), loaded.resize_side,
+                                                loaded.input_side),
+                      to_input=lambda crop: runtime_feed(crop[None], feed)[0], run=run,
+                      metadata=dict(session.get_modelmeta().custom_metadata_map))
+
+
+def runtime_reference(loaded: LoadedModel, frames: Sequence[np.ndarray], device: DevicePath) -> Reference:
+    """The eager FP32 model on the runtime's own pixels, normalised as torchvision's ToTensor + Normalize do."""
+    crops = np.stack([device.crop(frame) for frame in frames])
+    mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.std, dtype=torch.float32).view(1, 3, 1, 1)
+    x = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        probabilities = torch.softmax(loaded.model.eval()(x).double(), dim=1).numpy()
+    return Reference(crops, probabilities)
+
+
+def verify_runtime(frames: Sequence[np.ndarray], reference: Reference, loaded: LoadedModel, device: DevicePath, *,
+                   tolerance: float) -> RuntimeCheck:
+    """Hold the runtime's path against the eager model on its own pixels, and against ``reference`` (PyTorch's)."""
+    own = verify_path(frames, runtime_reference(loaded, frames, device), device, tolerance=tolerance)
+    return RuntimeCheck(own=own, pipeline=verify_path(frames, reference, device, tolerance=tolerance))
+
+
+def run_session(session, batch: np.ndarray) -> np.ndarray:
+    """``batch`` through an onnxruntime session, one image at a time when its batch size is fixed (jetson-inference)."""
     model_input = session.get_inputs()[0]
     if isinstance(model_input.shape[0], int):
         outputs: List[np.ndarray] = [session.run(None, {model_input.name: batch[i:i + 1]})[0]
                                      for i in range(len(batch))]
         return np.concatenate(outputs)
     return session.run(None, {model_input.name: batch})[0]
-
-
-def top1_agreement(reference: np.ndarray, got: np.ndarray, tolerance: float) -> int:
-    """Images with the same top-1; a swap between classes the eager model has within ``tolerance`` is a tie."""
-    ref_top, got_top = reference.argmax(1), got.argmax(1)
-    rows = np.arange(len(reference))
-    margin = reference[rows, ref_top] - reference[rows, got_top]
-    return int(np.sum((ref_top == got_top) | (margin <= tolerance)))

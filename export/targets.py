@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .zoo import IMAGENET_MEAN, IMAGENET_STD
 
 ALL = "all"
@@ -33,8 +34,8 @@ TRT_OPSET = 13  # the newest opset JetPack 4.6's TensorRT 8.2 parses
 Affine = Tuple[Tuple[float, float, float], Tuple[float, float, float]]  # (a, b): feed = p * a + b per channel
 
 
-class TargetError(ValueError):
-    """A --target / --out combination that cannot be honoured; the message is one line for the user."""
+class TargetError(UsageError):
+    """A --target / --out combination (or labels) a target cannot honour; the message is one line for the user."""
 
 
 def normalised_feed(mean: Sequence[float], std: Sequence[float]) -> Affine:
