@@ -63,7 +63,8 @@ class Target:
     ``self_describing`` targets are edge-classify artifacts (metadata inside, verified by
     ``export.verify``); the others get their own graph (``FeedToModel``), side files and checks.
     ``feed`` is None for the uint8 NHWC artifact (the graph takes pixels as they are).
-    ``preprocessing`` names how the runtime makes the network-sized frame (``export.target_verify``).
+    ``preprocessing`` names how the runtime makes the network-sized frame: ``crop`` is edge-classify's own
+    (``export.verify.edge_device_path``), the others are in ``export.target_verify.PREPROCESSING``.
     """
 
     name: str
