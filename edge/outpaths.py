@@ -50,7 +50,7 @@ def prepare_folder(folder: Path) -> Path:
     """Create ``folder`` if need be and make sure files can be written in it (OutputError otherwise)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+    except (FileExistsError, NotADirectoryError):
         raise OutputError(f"--output {folder}: a file is in the way of this folder") from None
     except OSError as exc:
         raise OutputError(f"--output {folder}: cannot create this folder ({exc.strerror or exc})") from None
