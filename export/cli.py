@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence
 log = logging.getLogger("edge-export")
 
 EXTRA_HINT = "edge-export needs the export extra: pip install 'edge-classifier[export]'"
+EXPORT_EXTRA_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "skimage", "matplotlib", "numpy", "PIL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,13 +65,16 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError:
         print(f"edge-export: {EXTRA_HINT}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its message; keep our exit-code contract
+        return 0 if exc.code == 0 else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="edge-export: %(message)s", stream=sys.stderr)
     try:
         return _run(args)
     except ImportError as exc:
-        print(f"edge-export: {EXTRA_HINT} ({exc})", file=sys.stderr)
+        print(f"edge-export: {missing_module_hint(exc)}", file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as exc:  # our errors are ValueError/RuntimeError subclasses
         print(f"edge-export: {_one_line(exc)}", file=sys.stderr)
     return 2
@@ -114,6 +118,15 @@ def _run(args: argparse.Namespace) -> int:
         rows.append((str(out), label, size, seconds, result))
     _print_table(rows, args.precision, args.input_kind)
     return 1 if failed else 0
+
+
+def missing_module_hint(exc: ImportError) -> str:
+    """What to install: the export extra when one of its packages is missing, else the module itself
+    (``--opset 18`` needs onnxscript, which a full install of the extra may still lack)."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if not name or name in EXPORT_EXTRA_MODULES:
+        return f"{EXTRA_HINT} ({exc})"
+    return f"this export needs the Python module {name!r}, which is not installed: pip install {name}"
 
 
 def _progress(items: list):
