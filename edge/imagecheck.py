@@ -21,7 +21,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -126,18 +126,28 @@ def limit_opencv_decoder(max_pixels: int) -> None:
 # --------------------------------------------------------------------------------------------- formats
 
 def _jpeg(data: bytes) -> Header:
-    """Walk the markers from SOI to EOI; the frame header (SOF) gives the size, coded data is skipped."""
+    """The size from the frame header (SOF); complete when an end-of-image marker closes the coded data.
+
+    Most files end with EOI (0xFFD9) and are settled without scanning; a file with bytes after its
+    picture (a phone's motion photo carries a video there) is walked marker by marker to its EOI.
+    """
+    width, height, ended = _walk_jpeg(data, to_end=data[-64:].rstrip(b"\x00")[-2:] != b"\xff\xd9")
+    return Header("jpeg", width, height, complete=ended)
+
+
+def _walk_jpeg(data: bytes, to_end: bool) -> Tuple[Optional[int], Optional[int], bool]:
+    """(width, height, ended): walk the markers from SOI, to the first scan, or with ``to_end`` to EOI."""
     width = height = None
     pos, end = 2, len(data)
     while pos + 2 <= end:
         if data[pos] != 0xFF:
-            return Header("jpeg", width, height, complete=False)  # lost sync: damaged or cut
+            return width, height, False  # lost sync: damaged or cut
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if marker == 0xD9:
-            return Header("jpeg", width, height, complete=True)  # bytes after EOI (motion photos) are fine
+            return width, height, True
         if marker in JPEG_STANDALONE:
             pos += 2
             continue
@@ -148,11 +158,13 @@ def _jpeg(data: bytes) -> Header:
             height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
         pos += 2 + length
         if marker == 0xDA:  # start of scan: coded data runs to the next real marker
+            if not to_end:
+                return width, height, pos < end
             found = _ENTROPY_END.search(data, pos)
             if found is None:
                 break
             pos = found.start()
-    return Header("jpeg", width, height, complete=False)
+    return width, height, False
 
 
 def _png(data: bytes) -> Header:
