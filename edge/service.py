@@ -219,7 +219,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def edge_flags(model: Path, source: str, extras: Sequence[str]) -> argparse.Namespace:
     """The flags the service will run edge-classify with, parsed by edge-classify's own parser."""
-    from .cli import build_parser
+    from .cli import build_parser, check_values
 
     shown = " ".join(extras)
     if any(word == "--image" or word.startswith("--image=") for word in extras):
@@ -238,6 +238,9 @@ def edge_flags(model: Path, source: str, extras: Sequence[str]) -> argparse.Name
     parser = build_parser()
     parser.error = refuse  # type: ignore[assignment]  # one line, no exit, no usage dump
     flags = parser.parse_args(["--model", str(model), "--source", source, *extras])
+    problem = check_values(flags)  # a value edge-classify would refuse at every start
+    if problem:
+        refuse(problem)
     if flags.display:
         raise ServiceError("--display: a service has no screen (use --output FILE for a labelled video)", EXIT_USAGE)
     return flags

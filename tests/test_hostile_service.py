@@ -125,3 +125,12 @@ def test_an_output_folder_with_spaces_works(tmp_path, model_file, monkeypatch):
     assert exec_start.endswith(f'$EDGE_ARGS --output "{folder / "out.mp4"}"')
     assert re.findall(r"^ReadWritePaths=(.*)$", unit, re.MULTILINE) == [f'"{folder}"']
     assert re.findall(r"^EDGE_ARGS=(.*)$", env, re.MULTILINE) == ["--json"]
+
+
+@pytest.mark.parametrize("flags,message", [(["--threshold", "2"], "--threshold is a probability"),
+                                           (["--stats-interval", "-1"], "--stats-interval must be 0"),
+                                           (["--width", "-640"], "--width must be a positive number")])
+def test_values_edge_classify_would_refuse_are_refused_at_install(flags, message, tmp_path, model_file, capsys):
+    assert install(tmp_path / "root", model_file, *flags) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "root").exists()
