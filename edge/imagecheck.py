@@ -77,7 +77,7 @@ def read_file_bytes(path: Path, max_bytes: int) -> bytes:
                          f"{max_bytes / 1e6:.0f} MB, raise --max-pixels for more)")
     try:
         with open(str(path), "rb") as handle:
-            return handle.read(max_bytes + 1)[:max_bytes]
+            return handle.read(info.st_size)  # not read(max_bytes): CPython allocates that much up front
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from None
 
