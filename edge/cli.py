@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[runtime]' in the edge-classifier "
+               "checkout; on a Jetson, "
+               "use JetPack's OpenCV (sudo apt install python3-opencv), and in a virtual environment create it "
+               "with --system-site-packages so it sees that cv2 (python3 -m venv --system-site-packages ENV)")
 log = logging.getLogger("edge-classify")
 
 
@@ -128,8 +132,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         import cv2  # noqa: F401
     except ImportError:
-        return _fail("OpenCV is not installed: pip install 'edge-classifier[runtime]' "
-                     "(on a Jetson, use JetPack's OpenCV: sudo apt install python3-opencv)")
+        return _fail(OPENCV_HINT)
     from .classify import Classifier, ClassifyError
     from .defaults import DefaultModelError, ensure_default_model
     from .imagecheck import DEFAULT_MAX_PIXELS, limit_opencv_decoder
@@ -235,15 +238,15 @@ def _progress(items: List):
 def _setup_logging(args: argparse.Namespace) -> None:
     """Warnings for image runs; for streams also the provider and the periodic FPS line. ``-v`` adds debug."""
     streaming = args.image is None
-    level = (logging.ERROR if args.quiet else logging.DEBUG if args.verbose and streaming
-             else logging.INFO if args.verbose or streaming else logging.WARNING)
+    level = (logging.ERROR if args.quiet else logging.DEBUG if args.verbose
+             else logging.INFO if streaming else logging.WARNING)
     logging.basicConfig(format="edge-classify: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
     try:
         import cv2
 
         # OpenCV's own warnings ("can't open camera by index") would duplicate our one-line errors.
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_DEBUG if args.verbose
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING if args.verbose
                                       else cv2.utils.logging.LOG_LEVEL_ERROR)
     except (ImportError, AttributeError):
         pass

@@ -19,15 +19,17 @@ driver (OpenCV 4.1.1 has no read timeout) is left behind by :meth:`Grabber.resta
 """
 
 
+import contextlib
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, Optional, Union
+from typing import Callable, Deque, Iterator, Optional, Union
 
 import cv2
 import numpy as np
@@ -152,7 +154,8 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
         # Without these a dead RTSP server can block a read for minutes.
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS]
-    capture = cv2.VideoCapture(spec.target, spec.api, params) if params else cv2.VideoCapture(spec.target, spec.api)
+    with native_stderr_silenced(spec.kind == "camera" and not log.isEnabledFor(logging.DEBUG)):
+        capture = cv2.VideoCapture(spec.target, spec.api, params) if params else cv2.VideoCapture(spec.target, spec.api)
     if not capture.isOpened():
         capture.release()
         raise SourceError(_cannot_open(spec))
@@ -163,6 +166,27 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
             if value:
                 capture.set(prop, value)
     return capture
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(silence: bool) -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null while OpenCV opens a camera (unless ``silence`` is false).
+
+    OpenCV before 4.5 writes "VIDEOIO ERROR: V4L: can't open camera by index N" straight to stderr,
+    past its own log level, which would double our one-line error. ``-v`` keeps it.
+    """
+    if not silence:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _cannot_open(spec: SourceSpec) -> str:

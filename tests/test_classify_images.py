@@ -145,6 +145,7 @@ def test_default_model_missing_without_export_says_how_to_get_it(photo_dir, tmp_
     assert str(tmp_path / "cache" / "mobilenet_v2_fp16.onnx") in err
 
 
+@pytest.mark.slow
 def test_default_model_is_built_once_when_export_is_here(photo_dir, tmp_path, monkeypatch, capsys):
     """The build runs edge-export in a subprocess; here with random weights, since tests never download."""
     import edge.defaults

@@ -16,6 +16,7 @@ from export.exporter import export_artifact
 from export.zoo import ARCHITECTURES, build_model, get_arch
 
 onnxruntime = pytest.importorskip("onnxruntime")
+SLOW_ARCHITECTURES = ("vgg16", "inception_v3", "alexnet")  # seconds each on 2 cores: the fast set skips them
 
 
 def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
@@ -61,7 +62,8 @@ def labels_file(tmp_path_factory, photo_model) -> Path:
     return path
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_ARCHITECTURES else a
+                                  for a in sorted(ARCHITECTURES)])
 def test_every_architecture_exports_onnx_fp16_with_its_input_size(arch, tmp_path):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=3).eval()

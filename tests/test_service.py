@@ -467,6 +467,7 @@ def looping_video(tmp_path_factory, photos) -> Path:
                              ("chelsea", "coffee", "rocket", "astronaut"), 4)
 
 
+@pytest.mark.slow
 def test_edge_classify_under_a_fake_systemd(photo_onnx, looping_video, photo_model, tmp_path):
     """READY after the first frame, WATCHDOG=1 every WATCHDOG_USEC / 2, STATUS with a label, and SIGTERM:
     STOPPING=1 and exit 0 within a second."""

@@ -77,6 +77,7 @@ def val_accuracy_of(model: torch.nn.Module, samples: List[Path], targets: List[i
     return int((logits.argmax(1) == torch.tensor(targets)).sum())
 
 
+@pytest.mark.slow
 def test_learns_the_digits_and_writes_everything_beside_the_checkpoint(trained, digits):
     files = files_beside(trained)
     assert all(path.is_file() for path in files.values()), sorted(p.name for p in trained.parent.iterdir())
@@ -111,6 +112,7 @@ def test_checkpoint_round_trips_into_the_same_model_and_accuracy(trained):
     assert val_accuracy_of(loaded.model, val, [CLASSES.index(p.parent.name) for p in val]) == best["val_correct"]
 
 
+@pytest.mark.slow
 def test_resume_goes_on_as_if_never_stopped(trained, digits, tmp_path, capsys):
     out = tmp_path / "c.pt"
     assert main(["--data", str(digits), "--epochs", "1", "--out", str(out)] + FAST) == 0
@@ -225,6 +227,7 @@ def test_unreadable_images_are_skipped_and_counted(small, tmp_path, caplog):
     assert ckpt["history"][0]["train_images"] == 32
 
 
+@pytest.mark.slow
 def test_edge_train_command_splits_a_folder_of_class_folders(digits, tmp_path):
     """The installed console script, in a subprocess; a folder without val/ is split 25% per class."""
     script = Path(sys.executable).with_name("edge-train")
