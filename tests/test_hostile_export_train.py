@@ -88,6 +88,7 @@ def write_photo_classes(root: Path, photos, *, per_class: int = 8, bits16: bool 
     return root
 
 
+@pytest.mark.slow  # three epochs of resnet18: about 5 s
 def test_a_diverging_run_stops_with_exit_1_and_saves_no_nan_checkpoint(photos, tmp_path, capsys):
     data = write_photo_classes(tmp_path / "data", photos)
     out = tmp_path / "run" / "c.pt"
