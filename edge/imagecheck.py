@@ -15,16 +15,21 @@ once per process) is set to the same number by :func:`limit_opencv_decoder`.
 """
 
 
+import contextlib
+import logging
 import os
 import re
 import stat
 import struct
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 # A 4 GB Jetson Nano decodes 100 MP (300 MB as BGR, ~1 GB at the decoder's peak) and still runs a model.
 DEFAULT_MAX_PIXELS = 100_000_000
 BYTES_PER_PIXEL_LIMIT = 8  # a file bigger than 8 bytes per allowed pixel (16-bit RGBA, raw) is not an image we take
@@ -116,6 +121,52 @@ def check_decoded(header: Header, frame: np.ndarray) -> None:
     """A JPEG cut short but ended with a marker decodes with flat grey where data is missing: refuse it."""
     if header.format == "jpeg" and frame.shape[0] >= 8 and bool((frame[-8:] == GREY).all()):
         raise ImageError("truncated JPEG (the bottom of the picture is missing)")
+
+
+@contextlib.contextmanager
+def native_warnings() -> Iterator[List[str]]:
+    """Collect what libjpeg and libpng write straight to file descriptor 2 while decoding.
+
+    Their warnings ("Corrupt JPEG data: premature end of data segment") bypass Python and would be a
+    second, raw line beside ours; collected, they tell a truncated JPEG apart and are logged at debug
+    level. Meant for the single-threaded ``--image`` path: other threads' output to fd 2 in the
+    meantime is collected too.
+    """
+    messages: List[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 (a service with stderr closed): nothing to collect
+        yield messages
+        return
+    sink = _warning_sink()
+    sink.seek(0)
+    sink.truncate()
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield messages
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        sink.seek(0)
+        messages.extend(line for line in sink.read(8192).decode("utf-8", "replace").splitlines() if line)
+    for message in messages:
+        log.debug("decoder: %s", message)
+
+
+_SINK: List = []  # one temporary file per process, reused: a new one per image would cost more than the check
+
+
+def _warning_sink():
+    if not _SINK:
+        _SINK.append(tempfile.TemporaryFile())
+    return _SINK[0]
+
+
+def truncated_by_warning(header: Header, messages: List[str]) -> None:
+    """libjpeg warns when coded data stops before the picture is complete, even if an EOI was appended."""
+    if header.format == "jpeg" and any("premature end" in m for m in messages):
+        raise ImageError("truncated JPEG (its coded data ends before the picture does)")
 
 
 def limit_opencv_decoder(max_pixels: int) -> None:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from .imagecheck import (DEFAULT_MAX_PIXELS, ImageError, check_decoded, check_header, inspect_header,
-                         max_file_bytes, read_file_bytes)
+                         max_file_bytes, native_warnings, read_file_bytes, truncated_by_warning)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"})
 _GLOB_CHARS = set("*?[")
@@ -84,11 +84,13 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     header = inspect_header(data)
     check_header(header, max_pixels)
     try:
-        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        with native_warnings() as warnings:
+            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:  # OpenCV's own size limit, a corrupt stream the codec rejects
         raise ImageError(f"OpenCV cannot decode it ({_first_line(exc)})") from None
     if frame is None:
         raise ImageError("not an image OpenCV can decode")
+    truncated_by_warning(header, warnings)
     check_decoded(header, frame)
     return frame
 
