@@ -5,7 +5,8 @@
     edge-classify --model mobilenet_v2.onnx --camera 0 --display
 
 Exit codes: 0 all done; 1 some inputs could not be classified (the rest were); 2 usage error or a
-model that cannot be loaded.
+model that cannot be loaded. Errors the user can fix are one line; anything else (a bug) names itself
+in one line, and with ``-v`` shows its traceback (``edge.errors``).
 """
 
 
@@ -16,9 +17,12 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[runtime]' in the edge-classifier "
-               "checkout; on a Jetson, "
+from . import __version__
+from .errors import EXIT_FAILED as EXIT_SOME_FAILED
+from .errors import EXIT_OK, EXIT_USAGE, EdgeError, add_version, parse_arguments, run_guarded
+
+OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[runtime,desktop]' in the edge-classifier "
+               "checkout ('.[runtime,opencv-headless]' without a screen); on a Jetson, "
                "use JetPack's OpenCV (sudo apt install python3-opencv), and in a virtual environment create it "
                "with --system-site-packages so it sees that cv2 (python3 -m venv --system-site-packages ENV)")
 log = logging.getLogger("edge-classify")
@@ -50,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to run the model (default: the GPU when there is one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the provider, timings and more")
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    add_version(parser, __version__)
     add_stream_arguments(parser)
     return parser
 
@@ -57,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the camera / video loop (``--camera``, ``--source``)."""
     group = parser.add_argument_group("cameras, videos and streams")
-    group.add_argument("--display", action="store_true", help="show the frames with the label in a window (q quits)")
+    group.add_argument("--display", action="store_true",
+                       help="show the frames with the label in a window at the frame's size (q or Esc quits)")
+    group.add_argument("--fullscreen", action="store_true", help="with --display, fill the screen (kiosks)")
     group.add_argument("--loop", action="store_true", help="replay a video file forever (demos, kiosks, soak tests)")
     group.add_argument("--max-frames", type=int, metavar="N", help="stop after classifying N frames")
     group.add_argument("--smooth", type=int, default=1, metavar="N",
@@ -112,19 +119,13 @@ def check_values(args: argparse.Namespace) -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler is in place (a model still loading)
-        print("edge-classify: interrupted", file=sys.stderr)
-        return 130
+    args, code = parse_arguments(build_parser(), argv)
+    if args is None:
+        return code
+    return run_guarded("edge-classify", lambda: _main(args), verbose=args.verbose)
 
 
-def _main(argv: Optional[Sequence[str]]) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its message; keep our exit-code contract
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+def _main(args: argparse.Namespace) -> int:
     _setup_logging(args)
     problem = check_values(args)
     if problem:
@@ -133,27 +134,24 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         import cv2  # noqa: F401
     except ImportError:
         return _fail(OPENCV_HINT)
-    from .classify import Classifier, ClassifyError
-    from .defaults import DefaultModelError, ensure_default_model
+    from .classify import Classifier
+    from .defaults import ensure_default_model
     from .imagecheck import DEFAULT_MAX_PIXELS, limit_opencv_decoder
 
     args.max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     limit_opencv_decoder(args.max_pixels)  # before the first decode: OpenCV reads it once
 
-    try:
-        model = args.model or ensure_default_model()
-        classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
-                                     topk=args.topk)
-    except (ClassifyError, DefaultModelError) as exc:
-        return _fail(str(exc))
+    model = args.model or ensure_default_model()
+    classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
+                                 topk=args.topk)
     log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
              classifier.spec.num_classes, classifier.spec.input_kind, classifier.spec.input_side,
              classifier.spec.resize_side, classifier.spec.precision, classifier.backend.provider)
     if args.image:
         return run_images(args, classifier)
-    from .loop import run_stream
+    from .loop import StreamOptions, run_stream
 
-    return run_stream(args, classifier)
+    return run_stream(StreamOptions.from_args(args), classifier)
 
 
 def run_images(args: argparse.Namespace, classifier) -> int:
@@ -174,8 +172,6 @@ def classify_one(args: argparse.Namespace, classifier, item, target: Optional[Pa
     """Classify one image and print (and write) its result; False, with one line on stderr, if it failed."""
     import cv2
 
-    from .backends import BackendError
-    from .classify import ClassifyError
     from .images import ImageError, read_image
     from .output import draw_label, format_line, json_line, printable, write_image_atomic
 
@@ -196,7 +192,7 @@ def classify_one(args: argparse.Namespace, classifier, item, target: Optional[Pa
             print(format_line(item.source, prediction, args.topk), flush=True)
         if target is not None:
             write_image_atomic(target, draw_label(frame, prediction))
-    except (ImageError, ClassifyError, BackendError, OSError, ValueError, cv2.error, MemoryError) as exc:
+    except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:  # a bad image, an unwritable output
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         print(f"edge-classify: {printable(item.source)}: {printable(reason)}", file=sys.stderr, flush=True)
         return False

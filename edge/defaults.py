@@ -16,10 +16,12 @@ import sys
 from pathlib import Path
 from typing import List
 
+from .errors import EdgeError
+
 DEFAULT_MODEL_NAME = "mobilenet_v2_fp16.onnx"
 
 
-class DefaultModelError(RuntimeError):
+class DefaultModelError(EdgeError, RuntimeError):
     """No default model, and no way to build it here; the message says what to do."""
 
 

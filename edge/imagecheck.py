@@ -29,6 +29,8 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .errors import EdgeError
+
 log = logging.getLogger(__name__)
 # A 4 GB Jetson Nano decodes 100 MP (300 MB as BGR, ~1 GB at the decoder's peak) and still runs a model.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -42,7 +44,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GREY = 128  # what libjpeg paints where coded data is missing
 
 
-class ImageError(ValueError):
+class ImageError(EdgeError, ValueError):
     """An input that is not a readable image; the message is one line."""
 
 

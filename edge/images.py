@@ -19,10 +19,10 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .contract import IMAGE_SUFFIXES
 from .imagecheck import (DEFAULT_MAX_PIXELS, ImageError, check_decoded, check_header, inspect_header,
                          max_file_bytes, native_warnings, read_file_bytes, truncated_by_warning)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"})
 _GLOB_CHARS = set("*?[")
 
 

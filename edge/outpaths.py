@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from .errors import EdgeError
+
 IMAGE_OUTPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class OutputError(ValueError):
+class OutputError(EdgeError, ValueError):
     """An ``--output`` that cannot be used; the message is one line."""
 
 

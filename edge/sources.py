@@ -34,9 +34,11 @@ from typing import Callable, Deque, Iterator, Optional, Union
 import cv2
 import numpy as np
 
+from . import contract
+from .errors import EdgeError
+
 log = logging.getLogger(__name__)
 
-STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 ORDERED_QUEUE = 4  # frames a video file's reader may run ahead of the model
 STREAM_OPEN_TIMEOUT_MS, STREAM_READ_TIMEOUT_MS = 10_000, 5_000
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
@@ -47,7 +49,7 @@ GSTREAMER_HINT = ("this OpenCV has no GStreamer support (pip's opencv-python whe
                   "--system-site-packages and pip uninstall opencv-python opencv-python-headless)")
 
 
-class SourceError(RuntimeError):
+class SourceError(EdgeError, RuntimeError):
     """A source that cannot be opened or read; the message is one line that says what to do."""
 
 
@@ -114,25 +116,23 @@ def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, 
         return SourceSpec(f"/dev/video{camera}", "camera", camera, _v4l2(), **size)
     assert source is not None
     text = source.strip()
-    csi = re.fullmatch(r"csi://(\d+)", text)
-    if csi:
+    try:
+        parsed = contract.parse_source(text)
+    except contract.ContractError as exc:
+        raise SourceError(str(exc)) from None
+    if parsed.kind == "csi":
         _require_gstreamer("csi://")
-        return SourceSpec(text, "csi", csi_pipeline(int(csi.group(1)), width, height, fps), cv2.CAP_GSTREAMER,
-                          **size)
-    if re.fullmatch(r"/dev/video\d+", text):
+        return SourceSpec(text, "csi", csi_pipeline(parsed.index, width, height, fps), cv2.CAP_GSTREAMER, **size)
+    if parsed.kind == "camera":  # /dev/videoN opens by path, a bare N by index
+        if text.isdigit():
+            return SourceSpec(f"/dev/video{text}", "camera", int(text), _v4l2(), **size)
         return SourceSpec(text, "camera", text, _v4l2(), **size)
-    if text.isdigit():
-        return SourceSpec(f"/dev/video{text}", "camera", int(text), _v4l2(), **size)
-    if "!" in text:
+    if parsed.kind == "gstreamer":
         _require_gstreamer("a GStreamer pipeline")
         return SourceSpec(text, "gstreamer", text, cv2.CAP_GSTREAMER, **size)
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme in STREAM_SCHEMES:
+    if parsed.kind == "stream":
         api = cv2.CAP_FFMPEG if _has_backend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
         return SourceSpec(text, "stream", text, api, **size)
-    if scheme:
-        raise SourceError(f"{text}: unknown source scheme {scheme!r} (use csi://N, /dev/videoN, a video file, "
-                          f"{', '.join(s + '://' for s in STREAM_SCHEMES[:5])}... or a GStreamer pipeline)")
     path = Path(text)
     if not path.is_file():
         raise SourceError(f"{text}: no such video file" if not path.exists() else f"{text}: not a video file")

@@ -255,13 +255,14 @@ def test_outputs_that_cannot_be_written_are_usage_errors_before_any_work(model, 
     ({"input_side": "1"}, "bad sizes"),
     ({"input_side": "100000"}, "bad sizes"),
     ({"input_side": "48", "resize_side": "55"}, "graph takes 32x32"),
-    ({"input": "float"}, "says float input but its graph takes uint8"),
+    ({"input": "float"}, "metadata says input float"),
+    ({"input": "float", "layout": "NCHW"}, "says float input but its graph takes uint8"),
     ({"std": "[NaN, 0.2, 0.2]"}, "std must be positive finite"),
     ({"mean": "[Infinity, 0.2, 0.2]"}, "mean must be finite"),
     ({"resize_side": "100000000"}, "bad sizes"),
-    ({"labels": '["a", "b"]'}, "2 labels for 3 outputs"),
+    ({"labels": '["a", "b"]'}, "2 labels but num_classes 3"),
     ({"labels": "not json"}, "metadata is unreadable"),
-], ids=["side 1", "side 1e5", "side vs graph", "float on uint8", "std NaN", "mean inf", "resize 1e8", "labels",
+], ids=["side 1", "side 1e5", "side vs graph", "float on uint8", "float NCHW on uint8", "std NaN", "mean inf", "resize 1e8", "labels",
         "labels json"])
 def test_metadata_that_contradicts_the_graph_is_exit_2_at_load(changes, message, model, photo, tmp_path, capsys):
     bad = with_metadata(model, tmp_path / "bad.onnx", **changes)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import export.cli
-from export.checkpoint import load_checkpoint
+from export.train.checkpoint import load_checkpoint
 from export.cli import export_main
-from export.data import open_rgb
-from export.train import main as train_main
+from export.train.data import open_rgb
+from export.cli import train_main
 
 SIDE = 32
 FAST = ["--weights", "none", "--arch", "resnet18", "--image-size", str(SIDE), "--augment", "none",
@@ -69,7 +69,8 @@ def test_a_module_missing_beyond_the_extra_is_named(monkeypatch, tmp_path, capsy
     assert code == 2
     line = one_line(capsys, "edge-export")
     assert "pip install onnxscript" in line and "export extra" not in line
-    assert export.cli.missing_module_hint(ModuleNotFoundError("x", name="torch")).startswith(export.cli.EXTRA_HINT)
+    assert export.cli.missing_module_hint("edge-export", ModuleNotFoundError("x", name="torch")).startswith(
+        export.cli.EXTRA_HINT.format("edge-export"))
 
 
 def write_photo_classes(root: Path, photos, *, per_class: int = 8, bits16: bool = False) -> Path:

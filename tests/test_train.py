@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from export.checkpoint import CHECKPOINT_FORMAT, checkpoint_val_images, load_checkpoint, save_checkpoint
-from export.train import main
+from export.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_val_images, load_checkpoint, save_checkpoint
+from export.cli import train_main as main
 from export.zoo import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def trained(tmp_path_factory, digits) -> Path:
 
 
 def val_accuracy_of(model: torch.nn.Module, samples: List[Path], targets: List[int]) -> int:
-    from export.data import eval_transform, open_rgb
+    from export.train.data import eval_transform, open_rgb
 
     transform = eval_transform(side=SIDE, resize=37)
     with torch.no_grad():
@@ -246,7 +246,7 @@ def test_edge_train_command_splits_a_folder_of_class_folders(digits, tmp_path):
 
 
 def test_missing_torch_names_the_extra(tmp_path):
-    code = "import sys; sys.modules['torch'] = None; from export.train import main; sys.exit(main(['--help']))"
+    code = "import sys; sys.modules['torch'] = None; from export.cli import train_main; sys.exit(train_main(['--help']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2
     assert result.stderr.startswith("edge-train: ") and "pip install 'edge-classifier[export]'" in result.stderr
