@@ -32,6 +32,7 @@ from .errors import ExportError
 log = logging.getLogger("edge-export")
 
 EXTRA_HINT = "{} needs the export extra: pip install 'edge-classifier[export]'"
+EXPORT_EXTRA_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "skimage", "matplotlib", "numpy", "PIL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +94,8 @@ def _host_main(prog: str, build, run, argv: Optional[Sequence[str]]) -> int:
         return code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format=f"{prog}: %(message)s", stream=sys.stderr)
-    return run_guarded(prog, lambda: run(args), verbose=args.verbose, expected=(ExportError, EdgeError))
+    return run_guarded(prog, lambda: _naming_missing_modules(prog, run, args), verbose=args.verbose,
+                       expected=(ExportError, EdgeError))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -170,6 +172,22 @@ def _run(args: argparse.Namespace) -> int:
     if commands:
         print("\nrun them:\n" + "\n".join(f"  {line}" for line in commands))
     return 1 if failed else 0
+
+
+def _naming_missing_modules(prog: str, run, args: argparse.Namespace) -> int:
+    try:
+        return run(args)
+    except ImportError as exc:
+        raise ExportError(missing_module_hint(prog, exc)) from None
+
+
+def missing_module_hint(prog: str, exc: ImportError) -> str:
+    """What to install: the export extra when one of its packages is missing, else the module itself
+    (``--opset 18`` needs onnxscript, which a full install of the extra may still lack)."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if not name or name in EXPORT_EXTRA_MODULES:
+        return f"{EXTRA_HINT.format(prog)} ({exc})"
+    return f"this export needs the Python module {name!r}, which is not installed: pip install {name}"
 
 
 def _progress(items: list):
