@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+DECODE_MARGIN = 2  # a reduced JPEG decode keeps at least this many times the model's resize side
 log = logging.getLogger("edge-classify")
 
 
@@ -127,13 +128,15 @@ def run_images(args: argparse.Namespace, classifier) -> int:
 
     items = expand_inputs(args.image)
     output_dir = _output_folder(args.output, items)
+    # A large JPEG may be decoded reduced (its DCT does the first shrink), unless the labelled copy is wanted.
+    min_side = None if args.output else DECODE_MARGIN * classifier.spec.resize_side
     failed = 0
     for item in _progress(items):
         try:
             if item.error:
                 raise ImageError(item.error)
             started = time.perf_counter()
-            frame = read_image(item.path)
+            frame = read_image(item.path, min_side=min_side)
             decoded = time.perf_counter()
             prediction = classifier.classify(frame)
             prediction.ms["decode"] = (decoded - started) * 1e3
