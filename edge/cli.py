@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference runtime (default: by the model's suffix)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where to run the model (default: the GPU when there is one)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for the model's runtime, without busy-waiting (default: onnxruntime's "
+                             "own on a CPU, 1 when a GPU runs the model)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the provider, timings and more")
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
     add_stream_arguments(parser)
@@ -107,7 +110,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         model = args.model or ensure_default_model()
         classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
-                                     topk=args.topk)
+                                     topk=args.topk, threads=args.threads)
     except (ClassifyError, DefaultModelError) as exc:
         return _fail(str(exc))
     log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
