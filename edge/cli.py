@@ -64,6 +64,10 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--width", type=int, metavar="W", help="ask the camera for frames W pixels wide")
     group.add_argument("--height", type=int, metavar="H", help="ask the camera for frames H pixels high")
     group.add_argument("--fps", type=float, metavar="F", help="ask the camera for F frames per second")
+    group.add_argument("--read-ahead", type=int, metavar="N",
+                       help="frames a video file is decoded ahead of the model (default 1; more adds lag, not speed; "
+                            "0: decode each frame when the model is free, the least lag); live sources always "
+                            "keep only the newest frame")
     group.add_argument("--reconnect", type=_tries, metavar="N|forever",
                        help="tries to get a lost camera or stream back (default 5; forever under systemd)")
     group.add_argument("--stats-interval", type=float, default=5.0, metavar="S",

@@ -60,13 +60,14 @@ class StreamOptions:
     stats_interval: float = 5.0
     benchmark: bool = False
     topk: int = 1
+    read_ahead: Optional[int] = None  # a video file's queue depth; None: sources.READ_AHEAD
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StreamOptions":
         return cls(json=args.json, display=args.display, output=str(args.output) if args.output else None,
                    loop=args.loop, max_frames=args.max_frames, smooth=args.smooth, threshold=args.threshold,
                    reconnect=args.reconnect, stats_interval=args.stats_interval, benchmark=args.benchmark,
-                   topk=args.topk)
+                   topk=args.topk, read_ahead=getattr(args, "read_ahead", None))
 
 
 class Smoother:
@@ -205,8 +206,9 @@ def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[
         _check_options(options, spec)
     except (SourceError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
+    read_ahead = sources.READ_AHEAD if options.read_ahead is None else options.read_ahead
     grabber = Grabber(spec, sources.open_capture, reconnect=reconnect_policy(options, notifier), loop=options.loop,
-                      on_status=notifier.status)
+                      on_status=notifier.status, read_ahead=read_ahead)
     output: Optional[StreamOutput] = None
     with _stop_on_signals(stop):
         try:
@@ -325,6 +327,9 @@ def _check_options(options: StreamOptions, spec: SourceSpec) -> None:
         raise ValueError(f"--loop replays a video file; {spec.name} is a live source")
     if options.smooth < 1:
         raise ValueError(f"--smooth must be at least 1 frame, not {options.smooth}")
+    if options.read_ahead is not None and (options.read_ahead < 0 or spec.live):
+        raise ValueError(f"--read-ahead must be 0 or more, not {options.read_ahead}" if options.read_ahead < 0 else
+                         f"--read-ahead applies to video files; {spec.name} is live (it keeps only the newest frame)")
     if not 0.0 <= options.threshold <= 1.0:
         raise ValueError(f"--threshold is a probability between 0 and 1, not {options.threshold}")
     if options.max_frames is not None and options.max_frames < 1:

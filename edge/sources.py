@@ -11,7 +11,9 @@ thread reads it and hands the loop frames stamped at capture::
 
 A live source keeps only the newest frame, so a slow model never works on a stale one; the frames it
 overwrites are counted in ``grabber.dropped``. A video file is read in order, every frame, through a
-small bounded queue (decoding overlaps inference). A live source that fails is reopened with
+small bounded queue: ``read_ahead`` frames are decoded ahead of the model (1 by default: decoding
+overlaps inference; a deeper queue adds its depth in frame age and no speed; 0 decodes a frame only
+when the loop asks, the least lag and no overlap). A live source that fails is reopened with
 backoff, a bounded number of times or forever (``Reconnect(tries=None)``, as under systemd).
 """
 
@@ -32,7 +34,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
-ORDERED_QUEUE = 4  # frames a video file's reader may run ahead of the model
+READ_AHEAD = 1  # frames a video file's reader may run ahead of the model (measured: see the README's Performance)
 STREAM_OPEN_TIMEOUT_MS, STREAM_READ_TIMEOUT_MS = 10_000, 5_000
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
 CSI_DEFAULT = (1280, 720, 30)
@@ -167,13 +169,28 @@ def _cannot_open(spec: SourceSpec) -> str:
 class FrameBuffer:
     """Frames from the grabber thread to the loop: newest-only (live) or a bounded FIFO (a file)."""
 
-    def __init__(self, latest_only: bool) -> None:
+    def __init__(self, latest_only: bool, read_ahead: int = READ_AHEAD) -> None:
+        if read_ahead < 0:
+            raise ValueError(f"--read-ahead must be 0 or more, not {read_ahead}")
         self.latest_only = latest_only
         self._frames: Deque[Frame] = deque()
-        self._capacity = 1 if latest_only else ORDERED_QUEUE
+        self._capacity = 1 if latest_only else read_ahead
         self._cond = threading.Condition()
         self._closed = False
+        self._waiting = 0  # consumers blocked in get(): with read-ahead 0, what lets the reader read
         self.dropped = 0
+
+    def wait_for_room(self, stop: threading.Event) -> None:
+        """Before reading a file's next frame: wait until fewer than ``read_ahead`` frames are queued
+        (with 0, until the loop asks for one), so no frame waits longer than it must."""
+        with self._cond:
+            while not self._has_room() and not stop.is_set() and not self._closed:
+                self._cond.wait(0.1)
+
+    def _has_room(self) -> bool:
+        if self._capacity == 0:
+            return not self._frames and self._waiting > 0
+        return len(self._frames) < self._capacity
 
     def put(self, frame: Frame, stop: threading.Event) -> None:
         """Add a frame; live: replace an unread one (counted as dropped); file: wait for room."""
@@ -182,7 +199,7 @@ class FrameBuffer:
                 self.dropped += len(self._frames)
                 self._frames.clear()
             else:
-                while len(self._frames) >= self._capacity and not stop.is_set() and not self._closed:
+                while len(self._frames) >= max(self._capacity, 1) and not stop.is_set() and not self._closed:
                     self._cond.wait(0.1)
             self._frames.append(frame)
             self._cond.notify_all()
@@ -191,7 +208,12 @@ class FrameBuffer:
         """The next frame, or None after ``timeout`` seconds or once closed and empty."""
         with self._cond:
             if not self._frames and not self._closed:
-                self._cond.wait(timeout)
+                self._waiting += 1
+                self._cond.notify_all()
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._waiting -= 1
             if not self._frames:
                 return None
             frame = self._frames.popleft()
@@ -213,13 +235,13 @@ class Grabber:
 
     def __init__(self, spec: SourceSpec, opener: Callable[[SourceSpec], "cv2.VideoCapture"], *,
                  reconnect: Reconnect = Reconnect(), loop: bool = False,
-                 on_status: Callable[[str], None] = lambda text: None) -> None:
+                 on_status: Callable[[str], None] = lambda text: None, read_ahead: int = READ_AHEAD) -> None:
         self.spec = spec
         self._open = opener
         self.reconnect = reconnect
         self.loop = loop
         self._on_status = on_status
-        self._buffer = FrameBuffer(latest_only=spec.live)
+        self._buffer = FrameBuffer(latest_only=spec.live, read_ahead=read_ahead)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-grabber", daemon=True)
         self._capture = None
@@ -282,6 +304,10 @@ class Grabber:
             self._buffer.close()
 
     def _read_one(self) -> None:
+        if not self.spec.live:
+            self._buffer.wait_for_room(self._stop)
+            if self._stop.is_set():
+                return
         started = time.monotonic()
         ok, image = self._capture.read()
         self.heartbeat = done = time.monotonic()
