@@ -64,6 +64,9 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--width", type=int, metavar="W", help="ask the camera for frames W pixels wide")
     group.add_argument("--height", type=int, metavar="H", help="ask the camera for frames H pixels high")
     group.add_argument("--fps", type=float, metavar="F", help="ask the camera for F frames per second")
+    group.add_argument("--csi-resize", action="store_true",
+                       help="csi://: scale frames to the model's resize size in the Jetson's video hardware "
+                            "(frees the CPU; not PIL's filter, so a little less parity: see the README)")
     group.add_argument("--read-ahead", type=int, metavar="N",
                        help="frames a video file is decoded ahead of the model (default 1; more adds lag, not speed; "
                             "0: decode each frame when the model is free, the least lag); live sources always "

@@ -201,8 +201,9 @@ def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[
     stop = stop or threading.Event()
     notifier = Notifier.from_environment()
     try:
+        csi_resize = classifier.spec.resize_side if getattr(args, "csi_resize", False) else None
         spec = sources.parse_source(camera=args.camera, source=args.source, width=args.width, height=args.height,
-                                    fps=args.fps)
+                                    fps=args.fps, csi_resize=csi_resize)
         _check_options(options, spec)
     except (SourceError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, Optional, Union
+from typing import Callable, Deque, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -38,6 +38,7 @@ READ_AHEAD = 1  # frames a video file's reader may run ahead of the model (measu
 STREAM_OPEN_TIMEOUT_MS, STREAM_READ_TIMEOUT_MS = 10_000, 5_000
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
 CSI_DEFAULT = (1280, 720, 30)
+CSI_INTERPOLATION = 2  # nvvidconv interpolation-method: 0 nearest (its default), 1 bilinear, 2 5-tap, 3 10-tap
 GSTREAMER_HINT = ("this OpenCV has no GStreamer support (pip's opencv-python wheels have none): on a Jetson use "
                   "JetPack's OpenCV (sudo apt install python3-opencv; in a venv, create it with "
                   "--system-site-packages and pip uninstall opencv-python opencv-python-headless)")
@@ -94,9 +95,17 @@ class Reconnect:
 
 
 def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, width: Optional[int] = None,
-                 height: Optional[int] = None, fps: Optional[float] = None) -> SourceSpec:
-    """``--camera N`` or ``--source URI`` as a :class:`SourceSpec` (SourceError for a file that is not there)."""
+                 height: Optional[int] = None, fps: Optional[float] = None,
+                 csi_resize: Optional[int] = None) -> SourceSpec:
+    """``--camera N`` or ``--source URI`` as a :class:`SourceSpec` (SourceError for a file that is not there).
+
+    ``csi_resize``: for ``csi://``, let the Jetson's video hardware shrink frames so their shorter side
+    is this (see :func:`csi_pipeline`); a usage error for any other source.
+    """
     size = dict(width=width, height=height, fps=fps)
+    if csi_resize and not re.fullmatch(r"csi://\d+", (source or "").strip()):
+        raise SourceError(f"--csi-resize scales in a Jetson CSI camera's pipeline; "
+                          f"{source or f'camera {camera}'} is not csi://N")
     if camera is not None:
         return SourceSpec(f"/dev/video{camera}", "camera", camera, _v4l2(), **size)
     assert source is not None
@@ -104,8 +113,8 @@ def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, 
     csi = re.fullmatch(r"csi://(\d+)", text)
     if csi:
         _require_gstreamer("csi://")
-        return SourceSpec(text, "csi", csi_pipeline(int(csi.group(1)), width, height, fps), cv2.CAP_GSTREAMER,
-                          **size)
+        return SourceSpec(text, "csi", csi_pipeline(int(csi.group(1)), width, height, fps, csi_resize),
+                          cv2.CAP_GSTREAMER, **size)
     if re.fullmatch(r"/dev/video\d+", text):
         return SourceSpec(text, "camera", text, _v4l2(), **size)
     if text.isdigit():
@@ -126,12 +135,33 @@ def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, 
     return SourceSpec(text, "file", str(path), cv2.CAP_ANY, **size)
 
 
-def csi_pipeline(sensor: int, width: Optional[int], height: Optional[int], fps: Optional[float]) -> str:
-    """The Jetson CSI camera pipeline: Argus capture in NVMM, converted to BGR, newest buffer only."""
+def csi_pipeline(sensor: int, width: Optional[int], height: Optional[int], fps: Optional[float],
+                 resize: Optional[int] = None) -> str:
+    """The Jetson CSI camera pipeline: Argus capture in NVMM, converted to BGR, newest buffer only.
+
+    With ``resize``, nvvidconv also scales the frame (in the VIC, not on the CPU) to the size
+    torchvision's ``Resize(resize)`` gives it, so the CPU only crops. Its filter is not PIL's: we ask
+    for its 5-tap filter (``interpolation-method=2``; the default is nearest neighbour, which aliases);
+    the parity this costs is in the README.
+    """
     w, h, f = width or CSI_DEFAULT[0], height or CSI_DEFAULT[1], int(round(fps or CSI_DEFAULT[2]))
+    scaler = "nvvidconv ! video/x-raw, format=BGRx"
+    if resize:
+        out_w, out_h = hardware_size(w, h, resize)
+        scaler = (f"nvvidconv interpolation-method={CSI_INTERPOLATION} ! "
+                  f"video/x-raw, width={out_w}, height={out_h}, format=BGRx")
     return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={w}, height={h}, "
-            f"framerate={f}/1, format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
+            f"framerate={f}/1, format=NV12 ! {scaler} ! videoconvert ! "
             f"video/x-raw, format=BGR ! appsink drop=1 max-buffers=1 sync=false")
+
+
+def hardware_size(width: int, height: int, resize: int) -> Tuple[int, int]:
+    """``(width, height)`` after torchvision's ``Resize(resize)``: the shorter side ``resize`` (never enlarged)."""
+    if min(width, height) <= resize:
+        return width, height
+    if width <= height:
+        return resize, int(resize * height / width)
+    return int(resize * width / height), resize
 
 
 def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
