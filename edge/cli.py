@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-classify",
         description="Classify images, folders, cameras, videos or streams with an exported model.")
     parser.add_argument("--model", type=Path, metavar="FILE",
-                        help="an .onnx or .ts artifact (default: mobilenet_v2 ImageNet FP16 from $EDGE_MODEL or "
-                             "~/.cache/edge-classifier/mobilenet_v2_fp16.onnx, built once if edge-export is here)")
+                        help="an .onnx or .ts artifact (default: mobilenet_v2 ImageNet from $EDGE_MODEL or "
+                             "~/.cache/edge-classifier/mobilenet_v2_fp16.onnx, FP32 where onnxruntime has no GPU; "
+                             "built once if edge-export is here)")
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--image", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     inputs.add_argument("--camera", type=int, metavar="N", help="a V4L2 camera index (/dev/videoN)")
