@@ -13,8 +13,9 @@ pipeline in its own process (ours never loads torch, as on a device):
 - the loop with the video file read 0, 1, 2 and 4 frames ahead (``--read-ahead``): FPS, frame age, and
   the process's CPU time per frame (user + system, all threads), with ``--threads`` as given.
 
-``--device cuda`` runs ours on onnxruntime's CUDA/TensorRT provider (onnxruntime-gpu), for the CPU
-time per frame that a GPU leaves to capture and preprocessing.
+``--device cuda`` runs ours on the GPU (onnxruntime's CUDA/TensorRT provider, which needs
+onnxruntime-gpu; or with ``--format ts`` the TorchScript backend on CUDA), for the CPU time per frame
+that a GPU leaves to capture and preprocessing.
 
 Targets (issue 4): loop FPS >= 90% of preprocess+infer alone; overlay/JSON output <= 1 ms a frame.
 Weights are random: speed does not depend on them.
@@ -104,7 +105,8 @@ def measure_ours(artifact: Path, video: Path, device: str = "cpu", threads: Opti
 
     classifier = Classifier.open(artifact, device=device, threads=threads)
     frames = decode_all(video)
-    result: Dict[str, object] = {"alone_fps": classify_alone(classifier, frames), "provider": classifier.backend.provider}
+    result: Dict[str, object] = {"alone_fps": classify_alone(classifier, frames),
+                                 "provider": classifier.backend.provider}
     for name, options in (("json", {"json": True}), ("human", {}),
                           ("json + overlay video", {"json": True, "output": str(video.with_name("out.avi"))})):
         result[name] = run_loop(classifier, video, options)
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--arch", default="mobilenet_v2")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where ours runs the model")
     parser.add_argument("--threads", type=int, help="edge-classify --threads for ours (default: by provider)")
+    parser.add_argument("--format", choices=("onnx", "ts"), default="onnx", help="the artifact ours runs")
     parser.add_argument("--measure", choices=("seed", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--video", type=Path, help=argparse.SUPPRESS)
@@ -207,13 +210,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         video = make_video(folder, args.frames)
-        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
-                                   labels=[f"class {i}" for i in range(1000)], precision="fp32")
+        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.{args.format}",
+                                   arch=args.arch, labels=[f"class {i}" for i in range(1000)], precision="fp32")
         seed = in_subprocess("seed", artifact, video)
         ours = in_subprocess("ours", artifact, video, ["--device", args.device] +
                              (["--threads", str(args.threads)] if args.threads else []))
     alone = ours["alone_fps"]
-    print(f"{args.arch} FP32 ONNX, ours on {ours['provider']} (--threads {args.threads or 'default'}), "
+    print(f"{args.arch} FP32 {args.format.upper()}, ours on {ours['provider']} (--threads {args.threads or 'default'}), "
           f"{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}), a {args.frames}-frame 640x480 MJPG "
           f"video, torch {torch.__version__}, OpenCV {cv2.__version__}")
     print()
