@@ -98,6 +98,7 @@ def measure_seed(artifact: Path, video: Path) -> Dict[str, float]:
 
 
 READ_AHEADS = (0, 1, 2, 4)
+DEPTH_ROUNDS = 3  # alternating runs of each read-ahead depth; medians reported
 
 
 def measure_ours(artifact: Path, video: Path, device: str = "cpu", threads: Optional[int] = None) -> Dict[str, object]:
@@ -110,8 +111,13 @@ def measure_ours(artifact: Path, video: Path, device: str = "cpu", threads: Opti
     for name, options in (("json", {"json": True}), ("human", {}),
                           ("json + overlay video", {"json": True, "output": str(video.with_name("out.avi"))})):
         result[name] = run_loop(classifier, video, options)
-    for depth in READ_AHEADS:
-        result[f"read-ahead {depth}"] = run_loop(classifier, video, {"json": True, "read_ahead": depth})
+    depth_runs: Dict[int, List[Dict[str, object]]] = {depth: [] for depth in READ_AHEADS}
+    for _ in range(DEPTH_ROUNDS):  # alternating, so a change in the machine's load hits every depth alike
+        for depth in READ_AHEADS:
+            depth_runs[depth].append(run_loop(classifier, video, {"json": True, "read_ahead": depth}))
+    for depth, runs in depth_runs.items():
+        result[f"read-ahead {depth}"] = {key: statistics.median(float(r[key]) for r in runs)
+                                         for key in ("fps", "age_p50", "age_p95", "cpu_ms")}
     result["output_alone"] = output_alone(classifier, frames)
     return result
 
@@ -135,12 +141,12 @@ def run_loop(classifier, video: Path, overrides: Dict[str, object]) -> Dict[str,
     from edge.notify import Notifier
     from edge.sources import Grabber, open_capture, parse_source
 
-    from edge.sources import READ_AHEAD
+    from edge.sources import default_read_ahead
 
     options = StreamOptions(stats_interval=0, **overrides)
     stop = threading.Event()
     spec = parse_source(source=str(video))
-    read_ahead = READ_AHEAD if options.read_ahead is None else options.read_ahead
+    read_ahead = default_read_ahead(classifier.backend.provider) if options.read_ahead is None else options.read_ahead
     grabber = Grabber(spec, open_capture, read_ahead=read_ahead)
     grabber.open_first()
     output = StreamOutput(options, spec.name, stop, video_fps=lambda: FPS)
@@ -237,7 +243,8 @@ def main() -> None:
     print("| " + " | ".join(f"{v:.2f}" for v in stages.values()) +
           f" | {ours['json']['age_p50']:.1f} | {ours['json']['age_p95']:.1f} |")
     print()
-    print("A video file read ahead of the model (--read-ahead N; live sources always keep only the newest frame):")
+    print(f"A video file read ahead of the model (--read-ahead N; live sources always keep only the newest frame), "
+          f"medians of {DEPTH_ROUNDS} alternating runs:")
     print()
     print("| read-ahead | FPS | frame age p50 ms | frame age p95 ms | CPU ms per frame (all threads) |")
     print("|---:|---:|---:|---:|---:|")

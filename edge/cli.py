@@ -69,9 +69,9 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
                        help="csi://: scale frames to the model's resize size in the Jetson's video hardware "
                             "(frees the CPU; not PIL's filter, so a little less parity: see the README)")
     group.add_argument("--read-ahead", type=int, metavar="N",
-                       help="frames a video file is decoded ahead of the model (default 1; more adds lag, not speed; "
-                            "0: decode each frame when the model is free, the least lag); live sources always "
-                            "keep only the newest frame")
+                       help="frames a video file is decoded ahead of the model (default: 0 when the CPU runs the "
+                            "model, the least lag; 1 with a GPU, decoding beside inference; more adds lag, not "
+                            "speed); live sources always keep only the newest frame")
     group.add_argument("--reconnect", type=_tries, metavar="N|forever",
                        help="tries to get a lost camera or stream back (default 5; forever under systemd)")
     group.add_argument("--stats-interval", type=float, default=5.0, metavar="S",

@@ -71,7 +71,8 @@ def ensure_default_model() -> Path:
         raise DefaultModelError(
             f"no --model given and no default model at {path}: build it on a host with `{how}` and copy it "
             "there (or set EDGE_MODEL), or pass --model FILE")
-    why = "onnxruntime here has a GPU" if precision == "fp16" else "no GPU for onnxruntime here: FP16 is slower on a CPU"
+    why = ("onnxruntime here has a GPU" if precision == "fp16"
+           else "no GPU for onnxruntime here: FP16 is slower on a CPU")
     print(f"edge-classify: no --model given; building the default model (mobilenet_v2, ImageNet, "
           f"{precision.upper()}: {why}) at {path} with edge-export, once", file=sys.stderr, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ class StreamOptions:
     stats_interval: float = 5.0
     benchmark: bool = False
     topk: int = 1
-    read_ahead: Optional[int] = None  # a video file's queue depth; None: sources.READ_AHEAD
+    read_ahead: Optional[int] = None  # a video file's queue depth; None: sources.default_read_ahead
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StreamOptions":
@@ -207,7 +207,8 @@ def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[
         _check_options(options, spec)
     except (SourceError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
-    read_ahead = sources.READ_AHEAD if options.read_ahead is None else options.read_ahead
+    read_ahead = (sources.default_read_ahead(classifier.backend.provider) if options.read_ahead is None
+                  else options.read_ahead)
     grabber = Grabber(spec, sources.open_capture, reconnect=reconnect_policy(options, notifier), loop=options.loop,
                       on_status=notifier.status, read_ahead=read_ahead)
     output: Optional[StreamOutput] = None

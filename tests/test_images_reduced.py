@@ -21,7 +21,8 @@ def write_jpeg(path: Path, rgb: np.ndarray, orientation: int = 0, **params) -> P
     flags = [cv2.IMWRITE_JPEG_QUALITY, 92] + [v for kv in params.items() for v in (getattr(cv2, kv[0]), kv[1])]
     data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), flags)[1].tobytes()
     if orientation:
-        tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHII", 0x0112, 3, 1, orientation << 16) + b"\0" * 4
+        entry = struct.pack(">HHII", 0x0112, 3, 1, orientation << 16)  # Orientation, SHORT, 1 value
+        tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + entry + b"\0" * 4
         app1 = b"Exif\x00\x00" + tiff
         data = data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
     path.write_bytes(data)
