@@ -222,7 +222,8 @@ def main() -> None:
         ours = in_subprocess("ours", artifact, video, ["--device", args.device] +
                              (["--threads", str(args.threads)] if args.threads else []))
     alone = ours["alone_fps"]
-    print(f"{args.arch} FP32 {args.format.upper()}, ours on {ours['provider']} (--threads {args.threads or 'default'}), "
+    print(f"{args.arch} FP32 {args.format.upper()}, ours on {ours['provider']} "
+          f"(--threads {args.threads or 'default'}), "
           f"{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}), a {args.frames}-frame 640x480 MJPG "
           f"video, torch {torch.__version__}, OpenCV {cv2.__version__}")
     print()
