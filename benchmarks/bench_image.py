@@ -26,6 +26,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the seed pipeline is tests/reference.py, shared with the tests
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 
@@ -61,17 +62,15 @@ def time_stages(frames: List[Path], stages: Callable[[Path], Dict[str, float]], 
 
 def seed_stages(model) -> Callable[[Path], Dict[str, float]]:
     import torch
-    import torchvision.transforms as T
-    from PIL import Image
+    from reference import seed_input, seed_transform
 
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    transform = seed_transform()
 
     def run(path: Path) -> Dict[str, float]:
         t0 = time.perf_counter()
         bgr = cv2.imread(str(path))
         t1 = time.perf_counter()
-        tensor = transform(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))[None]
+        tensor = seed_input(bgr, transform)
         t2 = time.perf_counter()
         with torch.no_grad():
             logits = model(tensor)

@@ -42,8 +42,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the seed pipeline is tests/reference.py, shared with the tests
 
 from bench_image import make_frames, ms  # noqa: E402  (benchmarks/ is this script's folder)
+from reference import decoded_frames, seed_logits, seed_transform  # noqa: E402
 
 FPS = 30.0
 
@@ -61,37 +63,21 @@ def make_video(folder: Path, frames: int) -> Path:
     return path
 
 
-def decode_all(path: Path) -> List[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
-
-
 def measure_seed(artifact: Path, video: Path) -> Dict[str, float]:
     import torch
-    import torchvision.transforms as T
-    from PIL import Image
 
     from export.zoo import build_model
 
     torch.manual_seed(0)
     model = build_model(artifact.stem).eval()
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    transform = seed_transform()
     capture = cv2.VideoCapture(str(video))
     count, started = 0, time.perf_counter()
     while True:
         ok, bgr = capture.read()
         if not ok:
             break
-        with torch.no_grad():
-            int(model(transform(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))[None]).argmax())
+        int(np.argmax(seed_logits(model, bgr, transform)))
         count += 1
     elapsed = time.perf_counter() - started
     return {"fps": count / elapsed, "frames": count}
@@ -105,7 +91,7 @@ def measure_ours(artifact: Path, video: Path, device: str = "cpu", threads: Opti
     from edge.classify import Classifier
 
     classifier = Classifier.open(artifact, device=device, threads=threads)
-    frames = decode_all(video)
+    frames = decoded_frames(video)
     result: Dict[str, object] = {"alone_fps": classify_alone(classifier, frames),
                                  "provider": classifier.backend.provider}
     for name, options in (("json", {"json": True}), ("human", {}),

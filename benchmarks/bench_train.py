@@ -65,9 +65,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = parser.parse_args(argv)
 
-    from export.checkpoint import load_checkpoint
+    from export.train.checkpoint import load_checkpoint
     from export.cli import export_main
-    from export.train import main as train_main
+    from export.cli import train_main
 
     with contextlib.ExitStack() as stack:
         work = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_train-")))
@@ -115,7 +115,7 @@ def main(argv: List[str] = None) -> int:
 
 def ckpt_history(out: Path, best_ckpt: dict) -> List[dict]:
     """Every epoch's row: the last checkpoint has them all (the best one stops at its own epoch)."""
-    from export.checkpoint import load_checkpoint
+    from export.train.checkpoint import load_checkpoint
 
     last = out.with_name(f"{out.stem}.last{out.suffix}")
     return load_checkpoint(last)["history"] if last.exists() else best_ckpt["history"]

@@ -1,9 +1,9 @@
 """What an artifact says about itself: labels, sizes, normalisation, input kind, precision.
 
 An artifact written by ``edge-export`` carries a flat ``str -> str`` metadata dict (ONNX
-``metadata_props``, TorchScript ``_extra_files['edge_classifier.json']``). A backend hands that dict
-and its input signature to :func:`spec_from_metadata`, which returns one frozen :class:`ModelSpec`
-that drives preprocessing and output::
+``metadata_props``, TorchScript ``_extra_files``); its keys and defaults are ``edge.contract``'s. A
+backend hands that dict and its input signature to :func:`spec_from_metadata`, which returns one
+frozen :class:`ModelSpec` that drives preprocessing and output::
 
     spec = spec_from_metadata(meta, input_shape=[None, 224, 224, 3], input_dtype="uint8", num_classes=1000)
     spec.input_side, spec.resize_side, spec.labels[0]      # 224, 256, 'tench'
@@ -14,23 +14,20 @@ ImageNet labels shipped in ``edge.labels``.
 """
 
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
 
+from . import contract
+from .contract import IMAGENET_MEAN, IMAGENET_STD, ContractError, Key
+from .errors import EdgeError
 from .resources import package_text
 
 log = logging.getLogger(__name__)
 
-TORCHSCRIPT_METADATA_FILE = "edge_classifier.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_FRACTION = 0.875  # torchvision's eval recipe: resize = side / 0.875 (224 -> 256)
 
-
-class ArtifactError(ValueError):
+class ArtifactError(EdgeError, ValueError):
     """The artifact's metadata or the labels given for it cannot be used."""
 
 
@@ -43,11 +40,12 @@ class ModelSpec:
     resize_side: int
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-    input_kind: str = "uint8"  # "uint8": NHWC RGB bytes; "float": NCHW normalised float32
+    interpolation: str = contract.DEFAULT_INTERPOLATION
+    input_kind: str = contract.INPUT_UINT8  # "uint8": NHWC RGB bytes; "float": NCHW normalised float32
     precision: str = "fp32"
     arch: str = "unknown"
     exporter: str = "unknown"
+    source: str = "unknown"  # which weights it was exported from
 
     @property
     def num_classes(self) -> int:
@@ -74,21 +72,28 @@ def spec_from_metadata(
     ``"uint8"`` or a float type name; ``num_classes`` is the output width if the graph knows it.
     """
     try:
-        input_kind = meta.get("input") or ("uint8" if input_dtype == "uint8" else "float")
-        side = int(meta["input_side"]) if "input_side" in meta else _side_from_shape(input_shape, input_kind)
-        resize = int(meta["resize_side"]) if "resize_side" in meta else round(side / CROP_FRACTION)
+        contract.check_format_version(meta)
+        input_kind = contract.read_input_kind(meta, input_dtype)
+        interpolation = contract.read_interpolation(meta)
+        precision = contract.read_precision(meta, input_dtype)
+    except ContractError as exc:
+        raise ArtifactError(str(exc)) from None
+    try:
+        side = int(meta[Key.INPUT_SIDE]) if Key.INPUT_SIDE in meta else _side_from_shape(input_shape, input_kind)
+        resize = int(meta[Key.RESIZE_SIDE]) if Key.RESIZE_SIDE in meta else contract.resize_for(side)
         labels = _labels_from_metadata(meta, num_classes)
         spec = ModelSpec(
             labels=labels,
             input_side=side,
             resize_side=resize,
-            mean=_triple(meta.get("mean"), IMAGENET_MEAN),
-            std=_triple(meta.get("std"), IMAGENET_STD),
-            interpolation=meta.get("interpolation", "bilinear"),
+            mean=contract.read_floats(meta, Key.MEAN, IMAGENET_MEAN),
+            std=contract.read_floats(meta, Key.STD, IMAGENET_STD),
+            interpolation=interpolation,
             input_kind=input_kind,
-            precision=meta.get("precision", "fp16" if "16" in input_dtype else "fp32"),
-            arch=meta.get("arch", "unknown"),
-            exporter=meta.get("exporter", "unknown"),
+            precision=precision,
+            arch=meta.get(Key.ARCH, "unknown"),
+            exporter=meta.get(Key.EXPORTER, "unknown"),
+            source=meta.get(Key.SOURCE, "unknown"),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise ArtifactError(f"the model's metadata is unreadable: {exc}") from None
@@ -118,8 +123,8 @@ def imagenet_labels() -> Tuple[str, ...]:
 
 
 def _labels_from_metadata(meta: Mapping[str, str], num_classes: Optional[int]) -> Tuple[str, ...]:
-    if "labels" in meta:
-        labels = tuple(str(label) for label in json.loads(meta["labels"]))
+    labels = contract.read_label_list(meta)
+    if labels is not None:
         if num_classes is not None and len(labels) != num_classes:
             raise ValueError(f"{len(labels)} labels for {num_classes} outputs")
         return labels
@@ -136,22 +141,11 @@ def _side_from_shape(shape: Sequence[Optional[int]], input_kind: str) -> int:
     dims = list(shape)
     if len(dims) != 4:
         raise ValueError(f"expected a 4-D image input, the model takes {len(dims)}-D")
-    side = dims[1] if input_kind == "uint8" else dims[2]
-    return side if isinstance(side, int) and side > 0 else 224
-
-
-def _triple(text: Optional[str], default: Tuple[float, float, float]) -> Tuple[float, float, float]:
-    if text is None:
-        return default
-    values = tuple(float(v) for v in json.loads(text))
-    if len(values) != 3:
-        raise ValueError(f"expected 3 values, got {len(values)}")
-    return values  # type: ignore[return-value]
+    side = dims[1] if input_kind == contract.INPUT_UINT8 else dims[2]
+    return side if isinstance(side, int) and side > 0 else contract.DEFAULT_INPUT_SIDE
 
 
 def _check(spec: ModelSpec) -> None:
-    if spec.input_kind not in ("uint8", "float"):
-        raise ArtifactError(f"unknown input kind {spec.input_kind!r} in the model's metadata")
     if not 0 < spec.input_side <= spec.resize_side:
         raise ArtifactError(f"bad sizes in the model's metadata: input {spec.input_side}, resize {spec.resize_side}")
     if not spec.labels:

@@ -15,10 +15,11 @@ import numpy as np
 
 from .artifact import ArtifactError, ModelSpec, read_labels, spec_from_metadata
 from .backends import Backend, BackendError, open_backend
+from .errors import EdgeError
 from .preprocess import Preprocessor
 
 
-class ClassifyError(RuntimeError):
+class ClassifyError(EdgeError, RuntimeError):
     """A model or an input that cannot be classified; the message is one line for the user."""
 
 

@@ -5,7 +5,8 @@
     edge-classify --model mobilenet_v2.onnx --camera 0 --display
 
 Exit codes: 0 all done; 1 some inputs could not be classified (the rest were); 2 usage error or a
-model that cannot be loaded.
+model that cannot be loaded. Errors the user can fix are one line; anything else (a bug) names itself
+in one line, and with ``-v`` shows its traceback (``edge.errors``).
 """
 
 
@@ -16,8 +17,16 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+from . import __version__
+from .errors import EXIT_FAILED as EXIT_SOME_FAILED
+from .errors import EXIT_OK, EXIT_USAGE, EdgeError, add_version, parse_arguments, run_guarded
+
+OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[runtime,desktop]' in the edge-classifier "
+               "checkout ('.[runtime,opencv-headless]' without a screen); on a Jetson, "
+               "use JetPack's OpenCV (sudo apt install python3-opencv), and in a virtual environment create it "
+               "with --system-site-packages so it sees that cv2 (python3 -m venv --system-site-packages ENV)")
 DECODE_MARGIN = 2  # a reduced JPEG decode keeps at least this many times the model's resize side
+
 log = logging.getLogger("edge-classify")
 
 
@@ -48,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "own on a CPU, 1 when a GPU runs the model)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the provider, timings and more")
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    add_version(parser, __version__)
     add_stream_arguments(parser)
     return parser
 
@@ -55,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the camera / video loop (``--camera``, ``--source``)."""
     group = parser.add_argument_group("cameras, videos and streams")
-    group.add_argument("--display", action="store_true", help="show the frames with the label in a window (q quits)")
+    group.add_argument("--display", action="store_true",
+                       help="show the frames with the label in a window at the frame's size (q or Esc quits)")
+    group.add_argument("--fullscreen", action="store_true", help="with --display, fill the screen (kiosks)")
     group.add_argument("--loop", action="store_true", help="replay a video file forever (demos, kiosks, soak tests)")
     group.add_argument("--max-frames", type=int, metavar="N", help="stop after classifying N frames")
     group.add_argument("--smooth", type=int, default=1, metavar="N",
@@ -91,49 +103,38 @@ def _tries(text: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler is in place (a model still loading)
-        print("edge-classify: interrupted", file=sys.stderr)
-        return 130
+    args, code = parse_arguments(build_parser(), argv)
+    if args is None:
+        return code
+    return run_guarded("edge-classify", lambda: _main(args), verbose=args.verbose)
 
 
-def _main(argv: Optional[Sequence[str]]) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its message; keep our exit-code contract
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+def _main(args: argparse.Namespace) -> int:
     _setup_logging(args)
     if args.topk < 1:
         return _fail(f"--topk must be at least 1, not {args.topk}")
     try:
         import cv2  # noqa: F401
     except ImportError:
-        return _fail("OpenCV is not installed: pip install 'edge-classifier[runtime]' "
-                     "(on a Jetson, use JetPack's OpenCV: sudo apt install python3-opencv)")
-    from .classify import Classifier, ClassifyError
-    from .defaults import DefaultModelError, ensure_default_model
+        return _fail(OPENCV_HINT)
+    from .classify import Classifier
+    from .defaults import ensure_default_model
 
-    try:
-        model = args.model or ensure_default_model()
-        classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
-                                     topk=args.topk, threads=args.threads)
-    except (ClassifyError, DefaultModelError) as exc:
-        return _fail(str(exc))
+    model = args.model or ensure_default_model()
+    classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
+                                 topk=args.topk, threads=args.threads)
     log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
              classifier.spec.num_classes, classifier.spec.input_kind, classifier.spec.input_side,
              classifier.spec.resize_side, classifier.spec.precision, classifier.backend.provider)
     if args.image:
         return run_images(args, classifier)
-    from .loop import run_stream
+    from .loop import StreamOptions, run_stream
 
-    return run_stream(args, classifier)
+    return run_stream(StreamOptions.from_args(args), classifier)
 
 
 def run_images(args: argparse.Namespace, classifier) -> int:
     """Classify every image named by ``--image``; report bad ones on stderr and carry on."""
-    from .classify import ClassifyError
     from .images import ImageError, expand_inputs, read_image
     from .output import draw_label, format_line, json_line, write_image_atomic
 
@@ -161,7 +162,7 @@ def run_images(args: argparse.Namespace, classifier) -> int:
             if args.output:
                 target = output_dir / _output_name(item) if output_dir else args.output
                 write_image_atomic(target, draw_label(frame, prediction))
-        except (ImageError, ClassifyError, OSError, ValueError) as exc:
+        except (EdgeError, OSError) as exc:  # a bad image, an output that cannot be written
             failed += 1
             print(f"edge-classify: {item.source}: {exc}", file=sys.stderr, flush=True)
     return EXIT_SOME_FAILED if failed else EXIT_OK
@@ -198,15 +199,15 @@ def _progress(items: List):
 def _setup_logging(args: argparse.Namespace) -> None:
     """Warnings for image runs; for streams also the provider and the periodic FPS line. ``-v`` adds debug."""
     streaming = args.image is None
-    level = (logging.ERROR if args.quiet else logging.DEBUG if args.verbose and streaming
-             else logging.INFO if args.verbose or streaming else logging.WARNING)
+    level = (logging.ERROR if args.quiet else logging.DEBUG if args.verbose
+             else logging.INFO if streaming else logging.WARNING)
     logging.basicConfig(format="edge-classify: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
     try:
         import cv2
 
         # OpenCV's own warnings ("can't open camera by index") would duplicate our one-line errors.
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_DEBUG if args.verbose
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING if args.verbose
                                       else cv2.utils.logging.LOG_LEVEL_ERROR)
     except (ImportError, AttributeError):
         pass

@@ -17,10 +17,12 @@ import sys
 from pathlib import Path
 from typing import List
 
+from .errors import EdgeError
+
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-class DefaultModelError(RuntimeError):
+class DefaultModelError(EdgeError, RuntimeError):
     """No default model, and no way to build it here; the message says what to do."""
 
 

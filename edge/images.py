@@ -20,15 +20,16 @@ from typing import List, Optional, Sequence
 import cv2
 import numpy as np
 
+from .contract import IMAGE_SUFFIXES
+from .errors import EdgeError
 from .imageheader import jpeg_size
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"})
 _GLOB_CHARS = set("*?[")
 _HEADER_BYTES = 1 << 18  # enough for the EXIF and ICC segments that come before a JPEG's frame header
 _REDUCED_FLAGS = {2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
 
 
-class ImageError(ValueError):
+class ImageError(EdgeError, ValueError):
     """An input that is not a readable image; the message is one line."""
 
 

@@ -3,7 +3,8 @@
 ``edge-classify --camera 0`` / ``--source URI`` land here through :func:`run_stream`::
 
     stop = threading.Event()
-    code = run_stream(args, classifier, stop)    # 0 when stopped, at end of file or --max-frames
+    options = StreamOptions(source="clip.mp4", json=True)     # or StreamOptions.from_args(args)
+    code = run_stream(options, classifier, stop)    # 0 when stopped, at end of file or --max-frames
 
 The loop classifies the newest frame of a live source (the grabber drops the stale ones and counts
 them), or every frame of a video file in order. Each frame is stamped when it is read, so its age
@@ -47,10 +48,16 @@ WINDOW = "edge-classify"
 
 @dataclass
 class StreamOptions:
-    """What the loop does, from the command line (see ``edge.cli``)."""
+    """What the loop reads and does, from the command line (see ``edge.cli``)."""
 
+    camera: Optional[int] = None  # --camera N, or else --source URI
+    source: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    fps: Optional[float] = None
     json: bool = False
     display: bool = False
+    fullscreen: bool = False
     output: Optional[str] = None
     loop: bool = False
     max_frames: Optional[int] = None
@@ -61,13 +68,16 @@ class StreamOptions:
     benchmark: bool = False
     topk: int = 1
     read_ahead: Optional[int] = None  # a video file's queue depth; None: sources.default_read_ahead
+    csi_resize: bool = False  # csi://: nvvidconv scales to the model's resize size
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StreamOptions":
-        return cls(json=args.json, display=args.display, output=str(args.output) if args.output else None,
+        return cls(camera=args.camera, source=args.source, width=args.width, height=args.height, fps=args.fps,
+                   json=args.json, display=args.display, fullscreen=args.fullscreen,
+                   output=str(args.output) if args.output else None,
                    loop=args.loop, max_frames=args.max_frames, smooth=args.smooth, threshold=args.threshold,
                    reconnect=args.reconnect, stats_interval=args.stats_interval, benchmark=args.benchmark,
-                   topk=args.topk, read_ahead=getattr(args, "read_ahead", None))
+                   topk=args.topk, read_ahead=args.read_ahead, csi_resize=args.csi_resize)
 
 
 class Smoother:
@@ -158,8 +168,7 @@ class StreamOutput:
         self._last_label: Optional[str] = None
         if options.output:
             self.video = VideoSink(options.output, fps=1.0)  # the rate is set when the first frame is known
-        if options.display:
-            cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+        self._window_open = False
 
     def emit(self, number: int, frame: Frame, prediction: Prediction, fps: float, age_ms: float,
              dropped: int) -> None:
@@ -183,6 +192,9 @@ class StreamOutput:
             self._show(overlay)
 
     def _show(self, overlay: np.ndarray) -> None:
+        if not self._window_open:
+            open_window(overlay.shape[1], overlay.shape[0], self.options.fullscreen)
+            self._window_open = True
         cv2.imshow(WINDOW, overlay)
         key = cv2.waitKey(1) & 0xFF
         if key in (ord("q"), 27) or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
@@ -195,15 +207,29 @@ class StreamOutput:
             cv2.destroyAllWindows()
 
 
-def run_stream(args: argparse.Namespace, classifier: Classifier, stop: Optional[threading.Event] = None) -> int:
-    """Classify ``--camera`` / ``--source`` until stopped; the exit code of edge-classify."""
-    options = StreamOptions.from_args(args)
+def open_window(width: int, height: int, fullscreen: bool) -> None:
+    """The display window, opened on the first frame: at the frame's size, or filling the screen.
+
+    A resizable window (WINDOW_NORMAL) opens at the GUI's default size (400x300) and shrinks the picture
+    into it, and Qt's toolbar and status bar (WINDOW_GUI_EXPANDED, its default) take more of it: so no
+    toolbar, and the window is sized to the frame. Fullscreen is asked for after that, so a window
+    manager that ignores it still shows the frame at its size.
+    """
+    flags = cv2.WINDOW_NORMAL | getattr(cv2, "WINDOW_KEEPRATIO", 0) | getattr(cv2, "WINDOW_GUI_NORMAL", 0)
+    cv2.namedWindow(WINDOW, flags)
+    cv2.resizeWindow(WINDOW, int(width), int(height))
+    if fullscreen:
+        cv2.setWindowProperty(WINDOW, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
+
+
+def run_stream(options: StreamOptions, classifier: Classifier, stop: Optional[threading.Event] = None) -> int:
+    """Classify ``options.camera`` / ``options.source`` until stopped; the exit code of edge-classify."""
     stop = stop or threading.Event()
     notifier = Notifier.from_environment()
     try:
-        csi_resize = classifier.spec.resize_side if getattr(args, "csi_resize", False) else None
-        spec = sources.parse_source(camera=args.camera, source=args.source, width=args.width, height=args.height,
-                                    fps=args.fps, csi_resize=csi_resize)
+        spec = sources.parse_source(camera=options.camera, source=options.source, width=options.width,
+                                    height=options.height, fps=options.fps,
+                                    csi_resize=classifier.spec.resize_side if options.csi_resize else None)
         _check_options(options, spec)
     except (SourceError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -336,9 +362,11 @@ def _check_options(options: StreamOptions, spec: SourceSpec) -> None:
         raise ValueError(f"--threshold is a probability between 0 and 1, not {options.threshold}")
     if options.max_frames is not None and options.max_frames < 1:
         raise ValueError(f"--max-frames must be at least 1, not {options.max_frames}")
+    if options.fullscreen and not options.display:
+        raise ValueError("--fullscreen goes with --display")
     if options.display and not sources.opencv_has_gui():
-        raise ValueError("--display: this OpenCV has no GUI support (opencv-python-headless); pip install "
-                         "opencv-python, or drop --display and use --output FILE")
+        raise ValueError("--display: this OpenCV has no GUI support (opencv-python-headless): pip uninstall "
+                         "opencv-python-headless, then pip install 'edge-classifier[desktop]'; or use --output FILE")
 
 
 @contextlib.contextmanager

@@ -19,6 +19,11 @@ import cv2
 import numpy as np
 
 from .classify import Prediction
+from .errors import EdgeError
+
+
+class OutputError(EdgeError, ValueError):
+    """An image or video that cannot be written as asked; the message is one line."""
 
 
 def format_line(source: str, prediction: Prediction, topk: int = 1, note: str = "") -> str:
@@ -56,7 +61,7 @@ def write_image_atomic(path: Path, frame_bgr: np.ndarray) -> None:
     suffix = path.suffix.lower() or ".jpg"
     ok, encoded = cv2.imencode(suffix, frame_bgr)
     if not ok:
-        raise ValueError(f"cannot encode an image as {suffix}")
+        raise OutputError(f"cannot encode an image as {suffix}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -84,7 +89,7 @@ class VideoSink:
         self.path = Path(path)
         codec = VIDEO_CODECS.get(self.path.suffix.lower())
         if codec is None:
-            raise ValueError(f"{self.path}: unknown video suffix {self.path.suffix or '(none)'!r}; use one of "
+            raise OutputError(f"{self.path}: unknown video suffix {self.path.suffix or '(none)'!r}; use one of "
                              f"{', '.join(VIDEO_CODECS)}")
         self.fourcc = cv2.VideoWriter_fourcc(*codec)
         self.fps = fps
@@ -101,7 +106,7 @@ class VideoSink:
             self._size = (frame_bgr.shape[1], frame_bgr.shape[0])
             self._writer = cv2.VideoWriter(str(self._tmp), self.fourcc, self.fps, self._size)
             if not self._writer.isOpened():
-                raise ValueError(f"{self.path}: OpenCV cannot write this kind of video here")
+                raise OutputError(f"{self.path}: OpenCV cannot write this kind of video here")
         if (frame_bgr.shape[1], frame_bgr.shape[0]) != self._size:
             frame_bgr = cv2.resize(frame_bgr, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(frame_bgr)

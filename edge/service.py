@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from . import __version__, contract
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, EdgeError, add_version, exit_code_of, run_guarded
 from .resources import package_text
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_NAME = "edge-classify"
 UNIT_TEMPLATE, ENV_TEMPLATE = "edge-classify.service", "edge-classify.env"
 UNIT_DIR, ENV_DIR, STATE_DIR, CACHE_DIR = "etc/systemd/system", "etc/default", "var/lib", "var/cache"
@@ -42,18 +43,17 @@ SYSTEMD_RUNTIME = Path("/run/systemd/system")  # exists when systemd is the runn
 HOME_DIRS = ("/home", "/root", "/run/user")
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
 PATH_FLAGS = ("--labels", "--output")
-NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 NETWORK_ELEMENTS = ("rtspsrc", "souphttpsrc", "udpsrc", "tcpclientsrc", "srtsrc", "rtmpsrc")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
 
 
-class ServiceError(RuntimeError):
-    """Something the user can fix; the message is one line, ``code`` the exit status."""
+class ServiceError(EdgeError, RuntimeError):
+    """Something the user can fix; the message is one line, ``exit_code`` the exit status."""
 
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
-        self.code = code
+        self.exit_code = code
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def render_unit(config: ServiceConfig) -> str:
         text = uncomment(text, "Wants=network-online.target")
     if config.writable is not None:
         text = set_key(text, "ReadWritePaths", exec_quote(str(config.writable), variables=False))
-    return (f"{MARKER} {_version()} from its template {UNIT_TEMPLATE}; re-run `edge-service install` to change it.\n"
+    return (f"{MARKER} {__version__} from its template {UNIT_TEMPLATE}; re-run `edge-service install` to change it.\n"
             f"# The model, the source and the flags are in /etc/default/{config.name}: edit, then "
             f"`systemctl restart {config.name}`.\n\n{text}")
 
@@ -99,7 +99,7 @@ def render_environment(config: ServiceConfig) -> str:
     text = set_key(text, "EDGE_MODEL", env_quote(str(config.model)))
     text = set_key(text, "EDGE_SOURCE", env_quote(config.source))
     text = set_key(text, "EDGE_ARGS", env_quote(" ".join(config.args)))
-    return f"{MARKER} {_version()} for {config.name}.service.\n{text}"
+    return f"{MARKER} {__version__} for {config.name}.service.\n{text}"
 
 
 def template(name: str) -> str:
@@ -257,19 +257,20 @@ def edge_classify_command() -> List[str]:
 
 def local_file(source: str) -> Optional[Path]:
     """The absolute path of a video-file source; None for cameras, streams and pipelines."""
-    if source.isdigit() or "://" in source or "!" in source or re.fullmatch(r"/dev/video\d+", source):
+    if contract.parse_source(source).kind != "file":
         return None
     return Path(source).expanduser().absolute()
 
 
 def is_csi(source: str) -> bool:
-    return bool(re.fullmatch(r"csi://\d+", source)) or "nvarguscamerasrc" in source
+    return contract.parse_source(source).kind == "csi" or "nvarguscamerasrc" in source
 
 
 def is_network(source: str) -> bool:
-    if "!" in source:
+    kind = contract.parse_source(source).kind
+    if kind == "gstreamer":
         return any(element in source for element in NETWORK_ELEMENTS)
-    return "://" in source and source.split("://", 1)[0].lower() in NETWORK_SCHEMES
+    return kind == "stream"
 
 
 def absolute_paths(extras: Sequence[str]) -> List[str]:
@@ -317,12 +318,6 @@ def _current_user() -> Optional[str]:
         return getpass.getuser()
     except (KeyError, OSError):
         return None
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -477,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-service",
         description="Run edge-classify at boot as a hardened systemd service (Type=notify, watchdog, journal).")
+    add_version(parser, __version__)
     commands = parser.add_subparsers(dest="command", metavar="{install,uninstall,status}")
     commands.required = True
 
@@ -519,22 +515,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
-        args, extras = parser.parse_known_args(argv)
+        args, extras = parser.parse_known_args(argv)  # install passes the rest on to edge-classify
         if extras and args.command != "install":
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
     except SystemExit as exc:  # argparse has printed its message
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    try:
-        if args.command == "install":
-            return install(args, extras)
-        if args.command == "uninstall":
-            return uninstall(args)
-        return status(args)
-    except ServiceError as exc:
-        print(f"edge-service: {exc}", file=sys.stderr, flush=True)
-        return exc.code
-    except KeyboardInterrupt:
-        return 130
+        return exit_code_of(exc)
+    return run_guarded("edge-service", lambda: _run(args, extras), verbose="-v" in extras or "--verbose" in extras)
+
+
+def _run(args: argparse.Namespace, extras: Sequence[str]) -> int:
+    if args.command == "install":
+        return install(args, extras)
+    if args.command == "uninstall":
+        return uninstall(args)
+    return status(args)
 
 
 if __name__ == "__main__":

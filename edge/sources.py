@@ -18,22 +18,26 @@ backoff, a bounded number of times or forever (``Reconnect(tries=None)``, as und
 """
 
 
+import contextlib
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, Optional, Tuple, Union
+from typing import Callable, Deque, Iterator, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 
+from . import contract
+from .errors import EdgeError
+
 log = logging.getLogger(__name__)
 
-STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 READ_AHEAD = 1  # frames a video file's reader may decode ahead of a model on a GPU (see default_read_ahead)
 STREAM_OPEN_TIMEOUT_MS, STREAM_READ_TIMEOUT_MS = 10_000, 5_000
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
@@ -44,7 +48,7 @@ GSTREAMER_HINT = ("this OpenCV has no GStreamer support (pip's opencv-python whe
                   "--system-site-packages and pip uninstall opencv-python opencv-python-headless)")
 
 
-class SourceError(RuntimeError):
+class SourceError(EdgeError, RuntimeError):
     """A source that cannot be opened or read; the message is one line that says what to do."""
 
 
@@ -110,25 +114,24 @@ def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, 
         return SourceSpec(f"/dev/video{camera}", "camera", camera, _v4l2(), **size)
     assert source is not None
     text = source.strip()
-    csi = re.fullmatch(r"csi://(\d+)", text)
-    if csi:
+    try:
+        parsed = contract.parse_source(text)
+    except contract.ContractError as exc:
+        raise SourceError(str(exc)) from None
+    if parsed.kind == "csi":
         _require_gstreamer("csi://")
-        return SourceSpec(text, "csi", csi_pipeline(int(csi.group(1)), width, height, fps, csi_resize),
+        return SourceSpec(text, "csi", csi_pipeline(parsed.index, width, height, fps, csi_resize),
                           cv2.CAP_GSTREAMER, **size)
-    if re.fullmatch(r"/dev/video\d+", text):
+    if parsed.kind == "camera":  # /dev/videoN opens by path, a bare N by index
+        if text.isdigit():
+            return SourceSpec(f"/dev/video{text}", "camera", int(text), _v4l2(), **size)
         return SourceSpec(text, "camera", text, _v4l2(), **size)
-    if text.isdigit():
-        return SourceSpec(f"/dev/video{text}", "camera", int(text), _v4l2(), **size)
-    if "!" in text:
+    if parsed.kind == "gstreamer":
         _require_gstreamer("a GStreamer pipeline")
         return SourceSpec(text, "gstreamer", text, cv2.CAP_GSTREAMER, **size)
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme in STREAM_SCHEMES:
+    if parsed.kind == "stream":
         api = cv2.CAP_FFMPEG if _has_backend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
         return SourceSpec(text, "stream", text, api, **size)
-    if scheme:
-        raise SourceError(f"{text}: unknown source scheme {scheme!r} (use csi://N, /dev/videoN, a video file, "
-                          f"{', '.join(s + '://' for s in STREAM_SCHEMES[:5])}... or a GStreamer pipeline)")
     path = Path(text)
     if not path.is_file():
         raise SourceError(f"{text}: no such video file" if not path.exists() else f"{text}: not a video file")
@@ -181,7 +184,8 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
         # Without these a dead RTSP server can block a read for minutes.
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS]
-    capture = cv2.VideoCapture(spec.target, spec.api, params) if params else cv2.VideoCapture(spec.target, spec.api)
+    with native_stderr_silenced(spec.kind == "camera" and not log.isEnabledFor(logging.DEBUG)):
+        capture = cv2.VideoCapture(spec.target, spec.api, params) if params else cv2.VideoCapture(spec.target, spec.api)
     if not capture.isOpened():
         capture.release()
         raise SourceError(_cannot_open(spec))
@@ -192,6 +196,27 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
             if value:
                 capture.set(prop, value)
     return capture
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(silence: bool) -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null while OpenCV opens a camera (unless ``silence`` is false).
+
+    OpenCV before 4.5 writes "VIDEOIO ERROR: V4L: can't open camera by index N" straight to stderr,
+    past its own log level, which would double our one-line error. ``-v`` keeps it.
+    """
+    if not silence:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _cannot_open(spec: SourceSpec) -> str:

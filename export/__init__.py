@@ -3,4 +3,6 @@
 Needs the ``export`` extra (torch, torchvision, onnx): ``pip install "edge-classifier[export]"``.
 """
 
-__version__ = "0.1.0"
+from edge import __version__  # one version for the one distribution
+
+__all__ = ["__version__"]

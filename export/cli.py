@@ -1,27 +1,36 @@
-"""``edge-export``: torchvision weights or an edge-train checkpoint -> verified ONNX / TorchScript artifacts.
+"""``edge-export`` and ``edge-train``: argument parsing for the host side's two commands, and their mains.
 
     edge-export --arch mobilenet_v2 --weights mobilenet_v2-7ebf99e0.pth --precision fp16 \\
                 --out mobilenet_v2.onnx --out mobilenet_v2.ts
     edge-export --checkpoint runs/ants_bees.pt --out ants_bees.onnx
+    edge-train --data photos/ --epochs 25 --out runs/photos.pt
 
-Each ``--out`` is written to a temporary file, reloaded the way a device loads it, held against the
-eager FP32 model on real photos, and only then renamed into place. Exit codes: 0 every artifact
-written and verified; 1 some artifact disagreed with the eager model (it is not kept); 2 usage
-error or a model that cannot be built.
+edge-export writes each ``--out`` to a temporary file, runs it through the device's own path (edge's
+preprocessing and backend, ``export.verify``) on real photos against the eager torchvision pipeline,
+and only then renames it into place. Exit codes: 0 every artifact written and verified; 1 some
+artifact disagreed with the eager model (it is not kept); 2 usage error or a model that cannot be
+built. edge-train's run is ``export.train.train``; its exit codes are in that module's docstring.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from edge import contract
+from edge.errors import EXIT_USAGE, EdgeError, add_version, parse_arguments, run_guarded
+
+from . import __version__
+from .errors import ExportError
+
 log = logging.getLogger("edge-export")
 
-EXTRA_HINT = "edge-export needs the export extra: pip install 'edge-classifier[export]'"
+EXTRA_HINT = "{} needs the export extra: pip install 'edge-classifier[export]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
     parser.add_argument("--num-classes", type=_positive_int, metavar="N",
                         help="replace the head with an N-class one (default: what the weights or --labels have)")
-    parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
+    parser.add_argument("--precision", choices=contract.PRECISIONS, default="fp16",
                         help="weights and arithmetic precision; input stays uint8 and logits float32 (default fp16)")
-    parser.add_argument("--input", dest="input_kind", choices=("uint8", "float"), default="uint8",
+    parser.add_argument("--input", dest="input_kind", choices=contract.INPUT_KINDS, default=contract.INPUT_UINT8,
                         help="uint8: NHWC RGB pixels, normalised inside the graph (default); float: plain NCHW "
                              "float32 normalised input, for TensorRT 8.x / jetson-inference")
     parser.add_argument("--opset", type=_positive_int, default=None, metavar="N",
@@ -52,57 +61,69 @@ def build_parser() -> argparse.ArgumentParser:
                              "18 or more uses torch's new exporter)")
     parser.add_argument("--verify-images", type=Path, metavar="DIR",
                         help="photos to verify on (default: the checkpoint's val images, else built-in photos)")
+    parser.add_argument("--tolerance", type=_probability, metavar="P",
+                        help="the largest softmax probability difference from the eager model accepted on a "
+                             "verification photo by the artifact alone (default 0.001 for fp32, 0.02 for fp16)")
     parser.add_argument("--out", type=Path, action="append", required=True, metavar="FILE",
                         help="output file; its suffix picks the format (.onnx, .ts); repeatable")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more; a traceback for an unexpected error")
+    add_version(parser, __version__)
     return parser
 
 
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
+    return _host_main("edge-export", build_parser, _run, argv)
+
+
+def _host_main(prog: str, build, run, argv: Optional[Sequence[str]]) -> int:
+    """The same frame for edge-export and edge-train: the extra's hint, parsing, logging, one-line errors."""
     try:
-        parser = build_parser()
-    except ImportError:
-        print(f"edge-export: {EXTRA_HINT}", file=sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
+        parser = build()
+    except ImportError as exc:  # torch, torchvision or onnx is missing
+        print(f"{prog}: {EXTRA_HINT.format(prog)} ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    args, code = parse_arguments(parser, argv)
+    if args is None:
+        return code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="edge-export: %(message)s", stream=sys.stderr)
-    try:
-        return _run(args)
-    except ImportError as exc:
-        print(f"edge-export: {EXTRA_HINT} ({exc})", file=sys.stderr)
-    except (ValueError, OSError, RuntimeError) as exc:  # our errors are ValueError/RuntimeError subclasses
-        print(f"edge-export: {_one_line(exc)}", file=sys.stderr)
-    return 2
+                        format=f"{prog}: %(message)s", stream=sys.stderr)
+    return run_guarded(prog, lambda: run(args), verbose=args.verbose, expected=(ExportError, EdgeError))
 
 
 def _run(args: argparse.Namespace) -> int:
     from .exporter import DEFAULT_OPSET, atomic_path, format_for, write_artifact
     from .load import load_checkpoint_model, load_model, read_labels_file
     from .metadata import artifact_metadata
-    from .verify import reference_images, verify_artifact
+    from .verify import default_tolerance, eager_reference, edge_device_path, verification_frames, verify_path
+    from .zoo import DEFAULT_ARCH
 
     formats = [format_for(out) for out in args.out]  # reject a bad suffix before any slow work
     labels = read_labels_file(args.labels) if args.labels else None
     if args.checkpoint:
         loaded = load_checkpoint_model(args.checkpoint, labels=labels)
     else:
-        loaded = load_model(args.arch or "mobilenet_v2", args.weights, num_classes=args.num_classes, labels=labels)
-    images = reference_images(args.verify_images, loaded.verify_images)
+        loaded = load_model(args.arch or DEFAULT_ARCH, args.weights, num_classes=args.num_classes, labels=labels)
+    frames = [frame for _, frame in verification_frames(args.verify_images, loaded.verify_images)]
+    reference = eager_reference(loaded, frames)
+    tolerance = args.tolerance if args.tolerance is not None else default_tolerance(args.precision)
     meta = artifact_metadata(arch=loaded.arch, labels=loaded.labels, input_side=loaded.input_side,
                              resize_side=loaded.resize_side, precision=args.precision, input_kind=args.input_kind,
                              source=loaded.source, mean=loaded.mean, std=loaded.std)
     opset = args.opset or DEFAULT_OPSET
     rows, failed = [], 0
     for out, fmt in _progress(list(zip(args.out, formats))):
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a path under a file, a read-only disk
+            raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
         log.info("exporting %s (%s, %s, %s input)", out, fmt.name, args.precision, args.input_kind)
         started = time.perf_counter()
         try:
             with atomic_path(out) as tmp:
                 write_artifact(loaded.model, tmp, meta, fmt=fmt, opset=opset)
                 seconds = time.perf_counter() - started
-                result = verify_artifact(tmp, loaded, images, meta)
+                result = verify_path(frames, reference, edge_device_path(tmp), tolerance=tolerance,
+                                     expected_meta=meta)
                 size = tmp.stat().st_size
                 if not result.ok:
                     raise _Disagrees()
@@ -130,16 +151,80 @@ class _Disagrees(Exception):
 
 
 def _print_table(rows: List[tuple], precision: str, input_kind: str) -> None:
-    header = ("artifact", "format", "precision", "input", "size", "export", "top-1 agree", "max |dlogit|", "status")
+    """One row per artifact: the device path against the eager model (probabilities) and torchvision (pixels)."""
+    header = ("artifact", "format", "precision", "input", "size", "export", "top-1 agree", "max |dprob|",
+              "artifact alone", "pixels mean/max", "status")
     lines = [header]
     for path, fmt, size, seconds, result in rows:
         lines.append((path, fmt, precision, input_kind, f"{size / 1e6:.1f} MB", f"{seconds:.1f} s",
-                      f"{result.top1_agree}/{result.images}", f"{result.max_abs_diff:.2e}",
+                      f"{result.top1_agree}/{result.images}", f"{result.max_prob_diff:.4f}",
+                      f"{result.artifact_prob_diff:.1e} (<= {result.tolerance:g})",
+                      f"{result.mean_pixel_diff:.2f}/{result.max_pixel_diff:.0f}",
                       "ok" if result.ok else ("METADATA" if not result.metadata_ok else "FAILED")))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     for row in lines:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``edge-train``: fine-tune on an image folder (the run itself is ``export.train.train.run``)."""
+    def run(args: argparse.Namespace) -> int:
+        from .train.train import run as train_run
+
+        return train_run(args)
+
+    return _host_main("edge-train", build_train_parser, run, argv)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    from .train.data import DEFAULT_VAL_FRACTION
+    from .train.train import DEFAULTS
+    from .zoo import ARCHITECTURES, DEFAULT_ARCH
+
+    parser = argparse.ArgumentParser(
+        prog="edge-train",
+        description="Fine-tune a torchvision classifier on a folder of photos (DIR/train/<class>/*, DIR/val/<class>/*, "
+                    "or DIR/<class>/* split with a fixed seed) into a checkpoint edge-export turns into a model.",
+        epilog="Beside --out runs/x.pt: runs/x.last.pt (latest epoch, for --resume), runs/x.metrics.json, "
+               "runs/x.curves.png, runs/x.val.png. With --resume, the settings come from the checkpoint; only "
+               "--data, --out, --epochs, --batch-size, --workers and --device can change.")
+    add = parser.add_argument
+    add("--data", metavar="DIR", help="the image folder: train/ and val/ with one folder per class, or only class folders")
+    add("--out", metavar="CKPT", help="the checkpoint to write (the best epoch), e.g. runs/photos.pt")
+    add("--arch", metavar="ARCH", help=f"one of {', '.join(ARCHITECTURES)} (default {DEFAULT_ARCH})")
+    add("--weights", metavar="pretrained|none|PATH",
+        help="start from torchvision's ImageNet weights (downloaded once), random initialisation, or a state-dict "
+             "file or edge-train checkpoint (its head is replaced when the classes differ) (default pretrained)")
+    add("--mode", choices=("finetune", "features"),
+        help="finetune: train every layer; features: train only the new head on the frozen backbone (default finetune)")
+    add("--freeze", type=_non_negative_int, metavar="N", help="with finetune, freeze the first N blocks of the backbone")
+    add("--epochs", type=_positive_int, metavar="N", help=f"epochs to train in all (default {DEFAULTS['epochs']})")
+    add("--batch-size", type=_positive_int, metavar="N", help=f"images per step (default {DEFAULTS['batch_size']})")
+    add("--lr", type=_positive_float, metavar="LR", help=f"SGD learning rate (default {DEFAULTS['lr']})")
+    add("--momentum", type=_non_negative_float, metavar="M", help=f"SGD momentum (default {DEFAULTS['momentum']})")
+    add("--step-size", type=_positive_int, metavar="N",
+        help=f"multiply the learning rate by --gamma every N epochs (default {DEFAULTS['step_size']})")
+    add("--gamma", type=_positive_float, metavar="G",
+        help=f"what the learning rate is multiplied by every --step-size epochs (default {DEFAULTS['gamma']})")
+    add("--image-size", type=_positive_int, metavar="S",
+        help=f"the model's input side; validation resizes to round(S / {contract.CROP_FRACTION}) and crops S (default: the "
+             "architecture's, 224 or 299)")
+    add("--augment", choices=("default", "none"),
+        help="default: RandomResizedCrop + horizontal flip; none: the validation Resize + CenterCrop, for images "
+             "that crops or mirroring would spoil (digits, text) (default default)")
+    add("--val-fraction", type=_fraction, metavar="F",
+        help=f"without a val/ folder, the fraction of each class kept for validation (default {DEFAULT_VAL_FRACTION})")
+    add("--seed", type=int, metavar="N", help="seeds the split, the initialisation and the data order (default 0)")
+    add("--workers", type=_non_negative_int, metavar="N",
+        help=f"data-loading processes (default {DEFAULTS['workers']} here)")
+    add("--device", choices=("auto", "cuda", "cpu"), help="default auto: the GPU when torch sees one")
+    add("--resume", type=Path, metavar="CKPT", help="go on from a checkpoint, normally runs/x.last.pt")
+    add("-v", "--verbose", action="store_true", help="log more; a traceback for an unexpected error")
+    add_version(parser, __version__)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- argument types
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -148,9 +233,39 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, not {text}")
+    return value
 
 
 if __name__ == "__main__":

@@ -24,19 +24,18 @@ from typing import Callable, Dict, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .metadata import TORCHSCRIPT_METADATA_FILE, artifact_metadata
+from edge.contract import (IMAGENET_MEAN, IMAGENET_STD, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, TORCHSCRIPT_METADATA_FILE,
+                           INPUT_UINT8, Key)
+
+from .errors import ExportError
+from .metadata import artifact_metadata
 from .wrap import DeviceInput
-from .zoo import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 13  # the highest that JetPack 4.6 (TensorRT 8.2, onnxruntime 1.11) loads
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-
-
-class ExportError(RuntimeError):
-    """An artifact could not be written; the message is one line for the user."""
+INPUT_NAME, OUTPUT_NAME = ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
+__all__ = ["ExportError", "FORMATS", "atomic_path", "export_artifact", "format_for", "write_artifact"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def export_artifact(
     arch: str,
     labels: Sequence[str],
     precision: str = "fp32",
-    input_kind: str = "uint8",
+    input_kind: str = INPUT_UINT8,
     input_side: int = 224,
     resize_side: int = 256,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -89,14 +88,14 @@ def export_artifact(
 def write_artifact(model: nn.Module, path: Path, meta: Mapping[str, str], *, fmt: Format,
                    opset: int = DEFAULT_OPSET) -> None:
     """Write ``model`` behind the input contract to ``path`` (not atomically: see ``atomic_path``)."""
-    mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+    mean, std = json.loads(meta[Key.MEAN]), json.loads(meta[Key.STD])
     wrapped = _wrap(model, meta, mean, std)
-    fmt.write(wrapped, example_input(meta["input"], int(meta["input_side"])), path, meta, opset=opset)
+    fmt.write(wrapped, example_input(meta[Key.INPUT], int(meta[Key.INPUT_SIDE])), path, meta, opset=opset)
 
 
 def example_input(input_kind: str, side: int, *, batch: int = 1) -> torch.Tensor:
     """A tensor of the artifact's input type (uint8 NHWC pixels, or float32 NCHW) for every precision."""
-    if input_kind == "uint8":
+    if input_kind == INPUT_UINT8:
         return torch.randint(0, 256, (batch, side, side, 3), dtype=torch.uint8)
     return torch.randn(batch, 3, side, side, dtype=torch.float32)
 
@@ -138,9 +137,9 @@ def quiet_torch_export() -> Iterator[None]:
 def _wrap(model: nn.Module, meta: Mapping[str, str], mean: Sequence[float], std: Sequence[float]) -> nn.Module:
     import copy
 
-    half = meta["precision"] == "fp16"
+    half = meta[Key.PRECISION] == "fp16"
     base = copy.deepcopy(model).float().eval() if half else model.eval()
-    return DeviceInput(base, mean=mean, std=std, input_kind=meta["input"], half=half).eval()
+    return DeviceInput(base, mean=mean, std=std, input_kind=meta[Key.INPUT], half=half).eval()
 
 
 def _write_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path, meta: Mapping[str, str], *, opset: int) -> None:

@@ -18,14 +18,11 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .errors import WeightsError
 from .zoo import (IMAGENET_MEAN, IMAGENET_STD, Arch, LoadReport, build_model, get_arch, head_of,
                   imagenet_categories, load_matching, pretrained_weights, replace_head)
 
 log = logging.getLogger(__name__)
-
-
-class WeightsError(ValueError):
-    """Weights or labels that cannot be used; the message is one line for the user."""
 
 
 @dataclass
@@ -60,7 +57,7 @@ def load_model(arch_name: str, weights: str = "pretrained", *, num_classes: Opti
 
 def load_checkpoint_model(path: Path, *, labels: Optional[Sequence[str]] = None) -> LoadedModel:
     """The model saved by ``edge-train`` in ``path``, with its classes, sizes and validation images."""
-    from .checkpoint import checkpoint_val_images, load_checkpoint
+    from .train.checkpoint import checkpoint_val_images, load_checkpoint
 
     ckpt = load_checkpoint(path)
     arch = get_arch(ckpt["arch"])
@@ -134,14 +131,23 @@ def _classes_in_file(state: Mapping[str, torch.Tensor], arch: Arch) -> Optional[
     return None
 
 
-def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path} (use --weights pretrained, none, or a .pth path)")
+def load_safely(path: Path, *, missing: str, unsafe: str, error: type = WeightsError):
+    """``torch.load(weights_only=True)`` of ``path``: a file from elsewhere cannot run code. ``error(missing)``
+    when there is no such file, ``error(unsafe + reason)`` when torch refuses it."""
+    if not Path(path).is_file():
+        raise error(missing)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or unsafe pickles
-        raise WeightsError(f"{path} is not a PyTorch weights file that loads safely ({error_reason(exc)})") from None
-    if isinstance(obj, Mapping) and obj.get("format") == "edge-classifier-checkpoint":
+        raise error(f"{unsafe} ({error_reason(exc)})") from None
+
+
+def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    from .train.checkpoint import CHECKPOINT_FORMAT
+
+    obj = load_safely(path, missing=f"weights file not found: {path} (use --weights pretrained, none, or a .pth path)",
+                      unsafe=f"{path} is not a PyTorch weights file that loads safely")
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         raise WeightsError(f"{path} is an edge-train checkpoint: pass it with --checkpoint")
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]

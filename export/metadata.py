@@ -1,7 +1,8 @@
 """The metadata every artifact carries, so a device needs nothing but the file.
 
-The same flat ``str -> str`` dict goes into ONNX ``metadata_props`` and into the TorchScript
-``_extra_files`` entry ``edge_classifier.json``; ``edge.artifact`` reads it back::
+The keys, the format version and the TorchScript extra-file name are ``edge.contract``'s (the device
+reads them with the same module). The same flat ``str -> str`` dict goes into ONNX
+``metadata_props`` and into the TorchScript ``_extra_files`` entry; ``edge.artifact`` reads it back::
 
     meta = artifact_metadata(arch="resnet18", labels=["ant", "bee"], input_side=224, resize_side=256,
                              precision="fp16", input_kind="uint8", source="none")
@@ -9,15 +10,13 @@ The same flat ``str -> str`` dict goes into ONNX ``metadata_props`` and into the
 
 from __future__ import annotations
 
-import json
 from typing import Dict, Sequence
 
-from . import __version__
+from edge import contract
+from edge.contract import Key
 
-FORMAT_VERSION = "1"
-TORCHSCRIPT_METADATA_FILE = "edge_classifier.json"
-INPUT_KINDS = ("uint8", "float")
-PRECISIONS = ("fp32", "fp16")
+from . import __version__
+from .errors import UsageError
 
 
 def exporter_version() -> str:
@@ -37,28 +36,30 @@ def artifact_metadata(
     precision: str,
     input_kind: str,
     source: str,
-    mean: Sequence[float],
-    std: Sequence[float],
-    interpolation: str = "bilinear",
+    mean: Sequence[float] = contract.IMAGENET_MEAN,
+    std: Sequence[float] = contract.IMAGENET_STD,
+    interpolation: str = contract.DEFAULT_INTERPOLATION,
 ) -> Dict[str, str]:
     """The metadata dict for one artifact, every value a string."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if input_kind not in INPUT_KINDS:
-        raise ValueError(f"input kind must be one of {INPUT_KINDS}, not {input_kind!r}")
+    if precision not in contract.PRECISIONS:
+        raise UsageError(f"precision must be one of {contract.PRECISIONS}, not {precision!r}")
+    if input_kind not in contract.INPUT_KINDS:
+        raise UsageError(f"input kind must be one of {contract.INPUT_KINDS}, not {input_kind!r}")
+    if interpolation not in contract.INTERPOLATIONS:
+        raise UsageError(f"the device resizes with {', '.join(contract.INTERPOLATIONS)}, not {interpolation!r}")
     return {
-        "format_version": FORMAT_VERSION,
-        "arch": arch,
-        "labels": json.dumps(list(labels)),
-        "num_classes": str(len(labels)),
-        "input_side": str(int(input_side)),
-        "resize_side": str(int(resize_side)),
-        "mean": json.dumps([float(m) for m in mean]),
-        "std": json.dumps([float(s) for s in std]),
-        "interpolation": interpolation,
-        "precision": precision,
-        "input": input_kind,
-        "layout": "NHWC" if input_kind == "uint8" else "NCHW",
-        "exporter": exporter_version(),
-        "source": source,
+        Key.FORMAT_VERSION: contract.FORMAT_VERSION,
+        Key.ARCH: arch,
+        Key.LABELS: contract.encode_labels(labels),
+        Key.NUM_CLASSES: str(len(labels)),
+        Key.INPUT_SIDE: str(int(input_side)),
+        Key.RESIZE_SIDE: str(int(resize_side)),
+        Key.MEAN: contract.encode_floats(mean),
+        Key.STD: contract.encode_floats(std),
+        Key.INTERPOLATION: interpolation,
+        Key.PRECISION: precision,
+        Key.INPUT: input_kind,
+        Key.LAYOUT: contract.layout_for(input_kind),
+        Key.EXPORTER: exporter_version(),
+        Key.SOURCE: source,
     }

@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from edge.contract import INPUT_UINT8
+
 
 class DeviceInput(nn.Module):
     """``model`` behind the artifact's input contract (uint8 NHWC, or normalised float NCHW)."""
@@ -23,7 +25,7 @@ class DeviceInput(nn.Module):
                  input_kind: str, half: bool) -> None:
         super().__init__()
         self.model = model.half() if half else model
-        self.uint8_input = input_kind == "uint8"
+        self.uint8_input = input_kind == INPUT_UINT8
         self.half = half
         dtype = torch.float16 if half else torch.float32
         mean_t = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 import torchvision.models
 
-log = logging.getLogger(__name__)
+from edge.contract import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported: the host's default statistics)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .errors import UnknownArchError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,6 @@ ARCHITECTURES: Dict[str, Arch] = {
     )
 }
 DEFAULT_ARCH = "mobilenet_v2"
-
-
-class UnknownArchError(ValueError):
-    """An architecture name the registry does not hold."""
 
 
 def get_arch(name: str) -> Arch:

@@ -6,8 +6,6 @@ builds a real architecture, recalibrates its BatchNorm statistics on the photos 
 a nearest-centroid classifier, so each photo gets its own class with a clear margin.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Dict, List, Sequence
 

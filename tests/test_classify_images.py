@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import PHOTO_ARCH
+from reference import seed_top1
 
 from edge.cli import main
 from export.exporter import export_artifact
@@ -32,19 +33,6 @@ def artifacts(tmp_path_factory, photo_model):
     return made
 
 
-def seed_pipeline_top1(model, path: Path) -> int:
-    """The reference: cv2 read -> RGB -> PIL -> torchvision Resize/CenterCrop/ToTensor/Normalize -> eager torch."""
-    import torch
-    import torchvision.transforms as T
-    from PIL import Image
-
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    with torch.no_grad():
-        return int(model(transform(Image.fromarray(rgb))[None]).argmax())
-
-
 def run_json(capsys, *argv):
     code = main(list(argv) + ["--json"])
     captured = capsys.readouterr()
@@ -58,7 +46,7 @@ def test_same_top1_as_the_seed_pipeline_on_real_photos(kind, artifacts, photo_mo
     assert code == 0, err
     assert len(records) == len(labels)
     for record in records:
-        expected = seed_pipeline_top1(model, Path(record["source"]))
+        expected = seed_top1(model, Path(record["source"]))
         assert record["index"] == expected and record["label"] == labels[expected]
         assert Path(record["source"]).stem == record["label"]  # the model names each photo
 
@@ -148,6 +136,7 @@ def test_default_model_missing_without_export_says_how_to_get_it(photo_dir, tmp_
     assert str(tmp_path / "cache" / "mobilenet_v2_fp16.onnx") in err
 
 
+@pytest.mark.slow
 def test_default_model_is_built_once_when_export_is_here(photo_dir, tmp_path, monkeypatch, capsys):
     """The build runs edge-export in a subprocess; here with random weights, since tests never download."""
     import edge.defaults

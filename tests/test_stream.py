@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import write_photo_video
+from reference import decoded_frames
 
 import edge.sources
 from edge.cli import main
@@ -33,18 +34,6 @@ def model(photo_onnx) -> Path:
 def video(tmp_path_factory, photos) -> Path:
     """FRAMES_PER_PHOTO frames of each photo in SHOWN, in order."""
     return write_photo_video(tmp_path_factory.mktemp("video") / "photos.avi", photos, SHOWN, FRAMES_PER_PHOTO)
-
-
-def decoded_frames(path: Path) -> List[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
 
 
 def run_json(capsys, *argv):

@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from export.checkpoint import CHECKPOINT_FORMAT, checkpoint_val_images, load_checkpoint, save_checkpoint
-from export.train import main
+from export.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_val_images, load_checkpoint, save_checkpoint
+from export.cli import train_main as main
 from export.zoo import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def trained(tmp_path_factory, digits) -> Path:
 
 
 def val_accuracy_of(model: torch.nn.Module, samples: List[Path], targets: List[int]) -> int:
-    from export.data import eval_transform, open_rgb
+    from export.train.data import eval_transform, open_rgb
 
     transform = eval_transform(side=SIDE, resize=37)
     with torch.no_grad():
@@ -77,6 +77,7 @@ def val_accuracy_of(model: torch.nn.Module, samples: List[Path], targets: List[i
     return int((logits.argmax(1) == torch.tensor(targets)).sum())
 
 
+@pytest.mark.slow
 def test_learns_the_digits_and_writes_everything_beside_the_checkpoint(trained, digits):
     files = files_beside(trained)
     assert all(path.is_file() for path in files.values()), sorted(p.name for p in trained.parent.iterdir())
@@ -111,6 +112,7 @@ def test_checkpoint_round_trips_into_the_same_model_and_accuracy(trained):
     assert val_accuracy_of(loaded.model, val, [CLASSES.index(p.parent.name) for p in val]) == best["val_correct"]
 
 
+@pytest.mark.slow
 def test_resume_goes_on_as_if_never_stopped(trained, digits, tmp_path, capsys):
     out = tmp_path / "c.pt"
     assert main(["--data", str(digits), "--epochs", "1", "--out", str(out)] + FAST) == 0
@@ -225,6 +227,7 @@ def test_unreadable_images_are_skipped_and_counted(small, tmp_path, caplog):
     assert ckpt["history"][0]["train_images"] == 32
 
 
+@pytest.mark.slow
 def test_edge_train_command_splits_a_folder_of_class_folders(digits, tmp_path):
     """The installed console script, in a subprocess; a folder without val/ is split 25% per class."""
     script = Path(sys.executable).with_name("edge-train")
@@ -243,7 +246,7 @@ def test_edge_train_command_splits_a_folder_of_class_folders(digits, tmp_path):
 
 
 def test_missing_torch_names_the_extra(tmp_path):
-    code = "import sys; sys.modules['torch'] = None; from export.train import main; sys.exit(main(['--help']))"
+    code = "import sys; sys.modules['torch'] = None; from export.cli import train_main; sys.exit(train_main(['--help']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2
     assert result.stderr.startswith("edge-train: ") and "pip install 'edge-classifier[export]'" in result.stderr

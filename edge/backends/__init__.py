@@ -19,8 +19,10 @@ except ImportError:  # Python < 3.8 (JetPack 4.6): the standard backport
 
 import numpy as np
 
+from ..errors import EdgeError
 
-class BackendError(RuntimeError):
+
+class BackendError(EdgeError, RuntimeError):
     """The model cannot be loaded or run; the message is one line for the user."""
 
 

@@ -15,11 +15,14 @@ onnxruntime's defaults (one thread per core, spinning), which won on an idle hos
 
 import ctypes.util
 import hashlib
+import json
 import logging
+import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -33,7 +36,7 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 GPU_INTRA_OP_THREADS = 1  # with CUDA/TensorRT the CPU part of the graph is a few small ops
 NO_SPINNING = ("session.intra_op.allow_spinning", "0")  # a session config entry since onnxruntime 1.x
-INSTALL_HINT = ("onnxruntime is not installed: pip install 'edge-classifier[runtime]' "
+INSTALL_HINT = ("onnxruntime is not installed: pip install '.[runtime]' in the edge-classifier checkout "
                 "(on a Jetson, install NVIDIA's onnxruntime-gpu wheel for your JetPack)")
 
 
@@ -45,11 +48,15 @@ class OnnxRuntimeBackend:
             import onnxruntime as ort
         except ImportError:
             raise BackendError(INSTALL_HINT) from None
-        providers = choose_providers(ort.get_available_providers(), device, path)
+        providers = choose_providers(ort.get_available_providers(), device, path, ort.__version__)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: provider fallbacks are reported by us
         set_cpu_threads(options, providers, threads)
+        report_placement = log.isEnabledFor(logging.DEBUG)
+        if report_placement:  # the profile is the one place onnxruntime says which provider runs each node
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"edge-classify-{os.getpid()}")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
@@ -64,6 +71,8 @@ class OnnxRuntimeBackend:
         width = model_output.shape[-1] if model_output.shape else None
         self.num_classes = width if isinstance(width, int) else None
         self.metadata: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        if report_placement:
+            log_node_placement(self.session, self)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self.input_dtype == "float32" and batch.dtype != np.float32:
@@ -91,8 +100,13 @@ def _provider_name(provider) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
 
 
-def choose_providers(available: List[str], device: str, model: Path) -> List:
-    """The providers to ask for, best first, filtered to what this onnxruntime build has."""
+def choose_providers(available: List[str], device: str, model: Path, ort_version: str = "1.10.0") -> List:
+    """The providers to ask for, best first, filtered to what this onnxruntime build has.
+
+    CUDA stays after TensorRT even when TensorRT is there: TensorRT before 8.5 (JetPack 4.6) has no
+    uint8 input, so it leaves the artifact's input Cast to the next provider, and CUDA keeps that
+    on the GPU instead of copying the frame through the CPU provider.
+    """
     if device == "cpu":
         return [CPU]
     gpu = [p for p in (TENSORRT, CUDA) if p in available]
@@ -101,15 +115,74 @@ def choose_providers(available: List[str], device: str, model: Path) -> List:
                            f"(it has {', '.join(available)}); install onnxruntime-gpu")
     chosen: List = []
     for name in gpu:
-        chosen.append((TENSORRT, tensorrt_options(model)) if name == TENSORRT else name)
+        chosen.append((TENSORRT, tensorrt_options(model, ort_version)) if name == TENSORRT else name)
     return chosen + [CPU]
 
 
-def tensorrt_options(model: Path) -> Dict[str, str]:
-    """FP16 kernels and an engine cache keyed on the model, the TensorRT version and the GPU."""
+def tensorrt_options(model: Path, ort_version: str = "1.10.0") -> Dict[str, str]:
+    """FP16 kernels and an engine cache keyed on the model, the TensorRT version and the GPU.
+
+    Only options this onnxruntime accepts: 1.10 and 1.11 (JetPack 4.6's wheels) reject unknown keys,
+    and know the FP16 and engine cache ones; the timing cache (faster rebuilds) arrived in 1.15.
+    Values are the strings "True"/"False", which every version parses.
+    """
     cache = engine_cache_dir(model)
     cache.mkdir(parents=True, exist_ok=True)
-    return {"trt_fp16_enable": "True", "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
+    options = {"trt_fp16_enable": "True", "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
+    if version_tuple(ort_version) >= (1, 15):
+        options.update({"trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)})
+    return options
+
+
+def version_tuple(text: str) -> Tuple[int, ...]:
+    """``"1.10.0"`` -> ``(1, 10, 0)``; a suffix such as ``+cu118`` or ``rc1`` ends the numbers."""
+    numbers = []
+    for part in text.split("."):
+        match = re.match(r"\d+", part)
+        if not match:
+            break
+        numbers.append(int(match.group()))
+    return tuple(numbers)
+
+
+def log_node_placement(session, backend: "OnnxRuntimeBackend") -> None:
+    """Run one inference with profiling on and log how many graph nodes each provider ran (``-v``).
+
+    With TensorRT, whatever it cannot take (before 8.5: the uint8 input's Cast) falls to CUDA or the
+    CPU; this line is how a user sees that.
+    """
+    shape = [d if d else 1 for d in backend.input_shape]
+    dtype = np.uint8 if backend.input_dtype == "uint8" else np.float32
+    try:
+        session.run([backend.output_name], {backend.input_name: np.zeros(shape, dtype)})
+    except Exception as exc:  # a model that cannot run is reported by the caller's own first run
+        log.debug("node placement: the profiling run failed (%s)", _first_line(exc))
+    profile = Path(session.end_profiling())
+    try:
+        events = json.loads(profile.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        events = []
+    finally:
+        try:
+            profile.unlink()
+        except OSError:
+            pass
+    counts = count_nodes_by_provider(events)
+    log.debug("onnxruntime node placement: %s",
+              ", ".join(f"{n} on {p}" for p, n in sorted(counts.items())) or "not reported")
+
+
+def count_nodes_by_provider(events: List[dict]) -> Dict[str, int]:
+    """Distinct nodes per execution provider in an onnxruntime profile (its list of trace events)."""
+    nodes: Dict[str, set] = {}
+    for event in events if isinstance(events, list) else []:
+        if not isinstance(event, dict) or not isinstance(event.get("args"), dict):
+            continue
+        name, provider = str(event.get("name", "")), event["args"].get("provider")
+        # Each node also has "_fence_before"/"_fence_after" events (onnxruntime 1.10); its run is "_kernel_time".
+        if event.get("cat") == "Node" and name.endswith("_kernel_time") and provider:
+            nodes.setdefault(str(provider), set()).add(name)
+    return {provider: len(names) for provider, names in nodes.items()}
 
 
 def engine_cache_dir(model: Path) -> Path:

@@ -13,11 +13,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..contract import DEFAULT_INPUT_SIDE, INPUT_FLOAT, INPUT_UINT8, TORCHSCRIPT_METADATA_FILE, Key
 from . import BackendError
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "edge_classifier.json"
 INSTALL_HINT = ("torch is not installed: a .ts model needs PyTorch (on a Jetson, NVIDIA's torch wheel for your "
                 "JetPack; elsewhere pip install torch), or export an .onnx model instead")
 
@@ -38,26 +38,26 @@ class TorchScriptBackend:
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendError("--device cuda: torch sees no CUDA GPU")
         self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
-        extra = {METADATA_FILE: ""}
+        extra = {TORCHSCRIPT_METADATA_FILE: ""}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch 2.14 calls torch.jit deprecated; Jetsons still load it
                 self.module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra).eval()
-            self.metadata: Dict[str, str] = json.loads(extra[METADATA_FILE] or "{}")
+            self.metadata: Dict[str, str] = json.loads(extra[TORCHSCRIPT_METADATA_FILE] or "{}")
         except (RuntimeError, ValueError, OSError) as exc:
             raise BackendError(f"{path} is not a TorchScript model torch can load ({_first_line(exc)})") from None
         if self.device == "cuda":
             torch.backends.cudnn.benchmark = True
-        elif self.metadata.get("precision") == "fp16":
+        elif self.metadata.get(Key.PRECISION) == "fp16":
             log.warning("%s is FP16: it runs slowly on a CPU (export --precision fp32 for CPUs)", path.name)
         self.provider = self.device
-        side = int(self.metadata.get("input_side", 224))
+        side = int(self.metadata.get(Key.INPUT_SIDE, DEFAULT_INPUT_SIDE))
         # A TorchScript file from elsewhere (no metadata) most likely takes normalised float NCHW.
-        default_input = "uint8" if self.metadata else "float"
-        self.input_dtype = "uint8" if self.metadata.get("input", default_input) == "uint8" else "float32"
+        default_input = INPUT_UINT8 if self.metadata else INPUT_FLOAT
+        self.input_dtype = "uint8" if self.metadata.get(Key.INPUT, default_input) == INPUT_UINT8 else "float32"
         self.input_shape: List[Optional[int]] = ([None, side, side, 3] if self.input_dtype == "uint8"
                                                   else [None, 3, side, side])
-        classes = self.metadata.get("num_classes")
+        classes = self.metadata.get(Key.NUM_CLASSES)
         self.num_classes: Optional[int] = int(classes) if classes else None
         log.info("torch %s running %s on %s", torch.__version__, path.name, self.device)
 

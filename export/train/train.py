@@ -1,4 +1,5 @@
-"""``edge-train``: fine-tune a torchvision classifier on a folder of photos into a checkpoint that exports in one step.
+"""The training run behind ``edge-train``: fine-tune a torchvision classifier on a folder of photos into a
+checkpoint that exports in one step (the command's parser is in ``export.cli``).
 
     edge-train --data photos/ --epochs 25 --out runs/photos.pt
     edge-export --checkpoint runs/photos.pt --out photos.onnx
@@ -17,6 +18,8 @@ mean/std, SGD with momentum, StepLR. Beside ``--out runs/photos.pt`` it writes:
 Every file is written to a temporary name and renamed, so an interrupted run leaves whole files. Exit
 codes: 0 done; 1 training failed (a write error, out of memory, a diverging loss); 2 usage error or data
 that cannot be trained on; 130 interrupted (go on with ``--resume runs/photos.last.pt``).
+
+    code = run(build_train_parser().parse_args(["--data", "photos/", "--out", "runs/photos.pt"]))
 """
 
 from __future__ import annotations
@@ -32,35 +35,22 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-try:
-    import torch
-    from torch import nn
+import torch
+from torch import nn
 
-    from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, VERIFY_IMAGES, CheckpointError, load_checkpoint,
-                             save_checkpoint)
-    from .data import (DEFAULT_VAL_FRACTION, ImageFiles, ImageFolders, collate_readable, eval_crop, eval_transform,
-                       find_image_folders, open_rgb, resize_for, spread_across_classes, train_transform)
-    from .load import error_reason, load_fitting_weights, pretrained_unavailable, read_state_dict
-    from .report import write_curves, write_metrics, write_val_grid
-    from .zoo import (ARCHITECTURES, DEFAULT_ARCH, IMAGENET_MEAN, IMAGENET_STD, Arch, backbone_blocks, build_model,
-                      get_arch, pretrained_weights)
-except ImportError as exc:  # the export extra is missing: main() says which one to install
-    _MISSING: Optional[ImportError] = exc
-else:
-    _MISSING = None
+from edge.contract import DEFAULT_INTERPOLATION
+from edge.errors import EXIT_INTERRUPTED, EXIT_OK
+
+from ..errors import TrainingError, UsageError
+from ..load import error_reason, load_fitting_weights, pretrained_unavailable, read_state_dict
+from ..zoo import IMAGENET_MEAN, IMAGENET_STD, Arch, backbone_blocks, build_model, get_arch, pretrained_weights
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, VERIFY_IMAGES, CheckpointError, load_checkpoint,
+                         save_checkpoint)
+from .data import (ImageFiles, ImageFolders, collate_readable, eval_crop, eval_transform, find_image_folders,
+                   open_rgb, resize_for, spread_across_classes, to_normalised_tensor, train_transform)
+from .report import write_curves, write_metrics, write_val_grid
 
 log = logging.getLogger("edge-train")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXTRA_HINT = "edge-train needs the export extra: pip install 'edge-classifier[export]'"
-
-
-class UsageError(ValueError):
-    """Flags that do not go together; the message is one line for the user."""
-
-
-class TrainingError(RuntimeError):
-    """Training itself went wrong (a diverging loss, nothing readable); one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -237,24 +227,6 @@ def freeze_layers(model: nn.Module, arch: Arch, mode: str, blocks: int) -> None:
             block.requires_grad_(False)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    if _MISSING is not None:
-        return _fail(f"{EXTRA_HINT} ({_MISSING})")
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its message; keep our exit-code contract
-        return EXIT_OK if exc.code == 0 else EXIT_USAGE
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="edge-train: %(message)s", stream=sys.stderr)
-    try:
-        return run(args)
-    except ValueError as exc:  # DataError, WeightsError, CheckpointError, UsageError, UnknownArchError
-        return _fail(_one_line(exc))
-    except (OSError, RuntimeError) as exc:  # TrainingError, a full disk, CUDA out of memory
-        return _fail(_one_line(exc), EXIT_FAILED)
-
-
 def run(args: argparse.Namespace) -> int:
     resumed = load_checkpoint(args.resume) if args.resume else None
     settings = resolve_settings(args, resumed)
@@ -331,7 +303,7 @@ def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
                     folders: ImageFolders, val_sample: Sequence[Tuple[Path, int]], progress: Progress
                     ) -> Dict[str, Any]:
     """The dict ``load_checkpoint`` reads back: plain types and tensors only."""
-    from . import __version__
+    from .. import __version__
 
     return {
         "format": CHECKPOINT_FORMAT,
@@ -341,7 +313,7 @@ def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "input_side": settings.image_size,
         "resize_side": resize_for(settings.image_size),
-        "interpolation": "bilinear",
+        "interpolation": DEFAULT_INTERPOLATION,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "optimizer": optimizer.state_dict(),
@@ -394,49 +366,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-train",
-        description="Fine-tune a torchvision classifier on a folder of photos (DIR/train/<class>/*, DIR/val/<class>/*, "
-                    "or DIR/<class>/* split with a fixed seed) into a checkpoint edge-export turns into a model.",
-        epilog="Beside --out runs/x.pt: runs/x.last.pt (latest epoch, for --resume), runs/x.metrics.json, "
-               "runs/x.curves.png, runs/x.val.png. With --resume, the settings come from the checkpoint; only "
-               "--data, --out, --epochs, --batch-size, --workers and --device can change.")
-    add = parser.add_argument
-    add("--data", metavar="DIR", help="the image folder: train/ and val/ with one folder per class, or only class folders")
-    add("--out", metavar="CKPT", help="the checkpoint to write (the best epoch), e.g. runs/photos.pt")
-    add("--arch", metavar="ARCH", help=f"one of {', '.join(ARCHITECTURES)} (default {DEFAULT_ARCH})")
-    add("--weights", metavar="pretrained|none|PATH",
-        help="start from torchvision's ImageNet weights (downloaded once), random initialisation, or a state-dict "
-             "file or edge-train checkpoint (its head is replaced when the classes differ) (default pretrained)")
-    add("--mode", choices=("finetune", "features"),
-        help="finetune: train every layer; features: train only the new head on the frozen backbone (default finetune)")
-    add("--freeze", type=_non_negative_int, metavar="N", help="with finetune, freeze the first N blocks of the backbone")
-    add("--epochs", type=_positive_int, metavar="N", help=f"epochs to train in all (default {DEFAULTS['epochs']})")
-    add("--batch-size", type=_positive_int, metavar="N", help=f"images per step (default {DEFAULTS['batch_size']})")
-    add("--lr", type=_positive_float, metavar="LR", help=f"SGD learning rate (default {DEFAULTS['lr']})")
-    add("--momentum", type=_non_negative_float, metavar="M", help=f"SGD momentum (default {DEFAULTS['momentum']})")
-    add("--step-size", type=_positive_int, metavar="N",
-        help=f"multiply the learning rate by --gamma every N epochs (default {DEFAULTS['step_size']})")
-    add("--gamma", type=_positive_float, metavar="G",
-        help=f"what the learning rate is multiplied by every --step-size epochs (default {DEFAULTS['gamma']})")
-    add("--image-size", type=_positive_int, metavar="S",
-        help="the model's input side; validation resizes to round(S / 0.875) and crops S (default: the "
-             "architecture's, 224 or 299)")
-    add("--augment", choices=("default", "none"),
-        help="default: RandomResizedCrop + horizontal flip; none: the validation Resize + CenterCrop, for images "
-             "that crops or mirroring would spoil (digits, text) (default default)")
-    add("--val-fraction", type=_fraction, metavar="F",
-        help=f"without a val/ folder, the fraction of each class kept for validation (default {DEFAULT_VAL_FRACTION})")
-    add("--seed", type=int, metavar="N", help="seeds the split, the initialisation and the data order (default 0)")
-    add("--workers", type=_non_negative_int, metavar="N",
-        help=f"data-loading processes (default {DEFAULTS['workers']} here)")
-    add("--device", choices=("auto", "cuda", "cpu"), help="default auto: the GPU when torch sees one")
-    add("--resume", type=Path, metavar="CKPT", help="go on from a checkpoint, normally runs/x.last.pt")
-    add("-v", "--verbose", action="store_true", help="log more")
-    return parser
-
-
 def _initial_state(arch: Arch, weights: str) -> Tuple[Mapping[str, torch.Tensor], str]:
     if weights == "pretrained":
         enum = pretrained_weights(arch.name)
@@ -481,11 +410,9 @@ def _check_writable(folder: Path) -> None:
 def _write_grid(path: Path, model: nn.Module, sample: Sequence[Tuple[Path, int]], classes: Sequence[str],
                 settings: Settings, device: torch.device) -> None:
     """The sample's crops with the model's predictions (the model is left in eval mode)."""
-    import torchvision.transforms as T
-
     side, resize = settings.image_size, resize_for(settings.image_size)
     crop = eval_crop(side=side, resize=resize)
-    to_input = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    to_input = to_normalised_tensor()
     crops, true = [], []
     for image_path, target in sample:
         try:
@@ -563,52 +490,3 @@ def _progress(loader, desc: str):
 
     # disable=None: a bar only when stderr is a terminal, not in logs and CI.
     return tqdm(loader, desc=desc, unit="batch", file=sys.stderr, leave=False, disable=None, dynamic_ncols=True)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
-    return value
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> int:
-    print(f"edge-train: {message}", file=sys.stderr, flush=True)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

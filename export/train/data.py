@@ -25,20 +25,15 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torchvision.transforms as T
 from torch.utils.data import Dataset, default_collate
 
-from .load import error_reason
-from .zoo import IMAGENET_MEAN, IMAGENET_STD
+from edge.contract import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, resize_for  # noqa: F401 (resize_for re-exported)
+
+from ..errors import DataError
+from ..load import error_reason
 
 log = logging.getLogger(__name__)
 
-# What edge-classify reads, so that every validation image can be classified on the device too.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"})
-CROP_FRACTION = 0.875  # resize = side / 0.875: 224 -> 256, as torchvision's ImageNet recipe
 DEFAULT_VAL_FRACTION = 0.2
 Sample = Tuple[Path, int]
-
-
-class DataError(ValueError):
-    """An image folder edge-train cannot learn from; the message is one line for the user."""
 
 
 @dataclass
@@ -60,21 +55,21 @@ class ImageFolders:
                 f"images ({how})")
 
 
-def resize_for(side: int) -> int:
-    """The resize side that goes with a crop of ``side`` (224 -> 256, 299 -> 342, 64 -> 73)."""
-    return round(side / CROP_FRACTION)
-
-
 def eval_crop(*, side: int, resize: int) -> Callable:
     """PIL image -> the resized, center-cropped PIL image the model sees (and the device reproduces)."""
     return T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
                       T.CenterCrop(side)])
 
 
+def to_normalised_tensor(*, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Callable:
+    """PIL crop -> float CHW tensor: ToTensor + Normalize (what an artifact does inside its graph)."""
+    return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+
 def eval_transform(*, side: int, resize: int, mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD) -> Callable:
     """Validation: Resize + CenterCrop, then ToTensor + Normalize."""
-    return T.Compose([eval_crop(side=side, resize=resize), T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose([eval_crop(side=side, resize=resize), to_normalised_tensor(mean=mean, std=std)])
 
 
 def train_transform(*, side: int, resize: int, augment: str = "default", mean: Sequence[float] = IMAGENET_MEAN,

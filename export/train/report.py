@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .exporter import atomic_path
+from ..exporter import atomic_path
 
 TILE = 112  # smallest tile side in the grid: 32-pixel images are scaled up to be seen
 GRID_COLUMNS = 8

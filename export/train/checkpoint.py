@@ -21,8 +21,9 @@ from typing import Any, Dict, List, Mapping
 
 import torch
 
-from .exporter import atomic_path
-from .load import WeightsError, error_reason
+from ..errors import WeightsError
+from ..exporter import atomic_path
+from ..load import load_safely
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,8 @@ def save_checkpoint(ckpt: Mapping[str, Any], path: Path) -> Path:
 def load_checkpoint(path: Path) -> Dict[str, Any]:
     """The checkpoint in ``path``, checked for the keys export and ``--resume`` rely on."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or unsafe pickles
-        raise CheckpointError(f"{path} is not a checkpoint that loads safely ({error_reason(exc)})") from None
+    ckpt = load_safely(path, missing=f"checkpoint not found: {path}",
+                       unsafe=f"{path} is not a checkpoint that loads safely", error=CheckpointError)
     if not (isinstance(ckpt, Mapping) and ckpt.get("format") == CHECKPOINT_FORMAT):
         raise NotACheckpointError(f"{path} is not an edge-train checkpoint (a plain weights file goes to --weights)")
     version = ckpt.get("version", 1)

@@ -1,0 +1,9 @@
+"""Fine-tuning on an image folder (``edge-train``): the run, the data, the checkpoint and the report.
+
+    train.py        the training loop and the run's files (its parser is beside the others, in export.cli)
+    data.py         class folders, the validation split, the train and eval transforms
+    checkpoint.py   the self-describing checkpoint edge-export reads
+    report.py       metrics JSON, loss/accuracy curves, the labelled validation grid
+
+Importing this package imports nothing heavy; ``export.train.train`` needs torch.
+"""
