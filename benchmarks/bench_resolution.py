@@ -7,7 +7,7 @@ as JPEG files (decode included) and as raw BGR frames in memory (a camera's fram
 timed (median ms per image over ``--rounds`` passes; each pipeline in its own process, alternating,
 the best of ``--repeats`` runs kept, since the machine is shared):
 
-- seed: cv2.imread -> RGB -> PIL -> torchvision Resize(256)/CenterCrop(224)/ToTensor/Normalize -> eager torch;
+- seed: tests/reference.py (cv2.imread -> RGB -> PIL -> torchvision Resize/CenterCrop/ToTensor/Normalize -> eager torch);
 - plain: cv2.imread -> cv2.resize INTER_LINEAR (shorter side 256) -> centre crop -> RGB -> onnxruntime,
   the few lines a competent user writes;
 - ours: edge.images.read_image (JPEG decoded reduced in its DCT when large) -> edge.preprocess -> onnxruntime.
@@ -36,6 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the seed pipeline is tests/reference.py, shared with the tests
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 RESOLUTIONS = ((640, 480), (1280, 720), (1920, 1080), (3840, 2160))
@@ -97,18 +98,16 @@ def write_mixed(folder: Path) -> List[str]:
 
 def seed_pipeline(artifact: str) -> Tuple[Callable, Callable]:
     import torch
-    import torchvision.transforms as T
-    from PIL import Image
+    from reference import seed_input, seed_transform
 
     from export.zoo import build_model
 
     torch.manual_seed(0)
     model = build_model(Path(artifact).stem).eval()  # the artifact is named after its architecture
-    transform = T.Compose([T.Resize(RESIZE), T.CenterCrop(SIDE), T.ToTensor(),
-                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    transform = seed_transform(RESIZE, SIDE)
 
     def preprocess(bgr: np.ndarray):
-        return transform(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))[None]
+        return seed_input(bgr, transform)
 
     def infer(batch) -> np.ndarray:
         with torch.no_grad():
@@ -219,10 +218,9 @@ def plan_fit_ms() -> float:
 # ---- parity, measured in the parent (it has torchvision) ------------------------------------------
 
 def torchvision_crop(rgb: np.ndarray) -> np.ndarray:
-    import torchvision.transforms as T
-    from PIL import Image
+    from reference import seed_crop
 
-    return np.asarray(T.Compose([T.Resize(RESIZE), T.CenterCrop(SIDE)])(Image.fromarray(rgb)))
+    return seed_crop(rgb, RESIZE, SIDE)
 
 
 def parity(files: Dict[str, List[str]]) -> Dict[str, Dict[str, Tuple[float, int]]]:

@@ -6,8 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torchvision.transforms as T
-from PIL import Image
+from reference import seed_crop, seed_top1
 
 import edge.images
 from edge.cli import main
@@ -83,8 +82,7 @@ def test_truncated_large_jpeg_is_still_refused(tmp_path, photos):
 def test_reduced_decode_then_resampler_stays_within_half_a_grey_level(size, tmp_path, photos):
     for name in ("astronaut", "coffee", "hubble_deep_field"):
         path = write_jpeg(tmp_path / f"{name}.jpg", big(photos[name], *size))
-        reference = np.asarray(T.Compose([T.Resize(256), T.CenterCrop(224)])(
-            Image.fromarray(cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB))))
+        reference = seed_crop(cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB))
         ours = resize_and_crop(read_image(path, min_side=512), 256, 224)
         diff = np.abs(ours.astype(int) - reference.astype(int))
         assert diff.mean() <= 0.5 and diff.max() <= 40, (name, diff.mean(), diff.max())
@@ -95,19 +93,13 @@ def test_classify_phone_sized_jpegs_like_the_seed_pipeline(photo_onnx, photo_mod
     """Photos at 2160 px on the shorter side (their own aspect): decoded at 1/4, named as torchvision names them."""
     import json
 
-    import torch
-
     model, labels = photo_model
     names = ("chelsea", "coffee", "rocket")
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     expected = []
     for name in names:
         h, w = photos[name].shape[:2]
         path = write_jpeg(tmp_path / f"{name}.jpg", big(photos[name], round(w * 2160 / h), 2160))
-        with torch.no_grad():
-            rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-            expected.append(labels[int(model(transform(Image.fromarray(rgb))[None]).argmax())])
+        expected.append(labels[seed_top1(model, path)])
     scales = []
     real_decode = edge.images._decode
     monkeypatch.setattr(edge.images, "_decode", lambda data, path, scale: scales.append(scale) or
