@@ -5,18 +5,20 @@
 For 640x480, 1280x720, 1920x1080 and 3840x2160, six scikit-image photos scaled to fill the frame,
 as JPEG files (decode included) and as raw BGR frames in memory (a camera's frames), each stage
 timed (median ms per image over ``--rounds`` passes; each pipeline in its own process, alternating,
-the best of ``--repeats`` runs kept, since the machine is shared):
+the best of ``--repeats`` runs kept, since the machine is shared; plain and ours share one process and
+one onnxruntime session and take turns image by image, so load changes hit both alike):
 
-- seed: tests/reference.py (cv2.imread -> RGB -> PIL -> torchvision Resize/CenterCrop/ToTensor/Normalize -> eager torch);
+- seed: tests/reference.py (cv2.imread -> RGB -> PIL -> torchvision Resize/CenterCrop/ToTensor/Normalize
+  -> eager torch);
 - plain: cv2.imread -> cv2.resize INTER_LINEAR (shorter side 256) -> centre crop -> RGB -> onnxruntime,
   the few lines a competent user writes;
 - ours: edge.images.read_image (JPEG decoded reduced in its DCT when large) -> edge.preprocess -> onnxruntime.
 
 Parity: each pipeline's 224x224 crop against torchvision's on the full-size decode, in grey levels
 (mean and max of |difference| over the six photos). Then a folder of 50 JPEGs of 50 different sizes
-(phone and camera shapes), end to end, plain against ours, each in a fresh process (every size is a
-new resampling plan for ours), and the parity of a simulated ``--csi-resize`` (the VIC's filter is
-not documented: simulated by OpenCV's INTER_AREA and INTER_LINEAR).
+(phone and camera shapes), end to end, plain against ours taking turns (ours with its plan caches
+emptied before each pass: every size is a new resampling plan), and the parity of a simulated
+``--csi-resize`` (the VIC's filter is not documented: simulated by OpenCV's INTER_AREA and INTER_LINEAR).
 mobilenet_v2 FP32 with random weights (speed does not depend on them), onnxruntime's CPU provider.
 """
 
@@ -94,9 +96,12 @@ def write_mixed(folder: Path) -> List[str]:
     return paths
 
 
-# ---- the three pipelines, each run in its own process ---------------------------------------------
+# ---- the pipelines: the seed in its own process (torch), plain and ours together, interleaved ---------
 
-def seed_pipeline(artifact: str) -> Tuple[Callable, Callable]:
+Pipeline = Tuple[Callable, Callable, Callable]  # decode(path), preprocess(bgr) -> batch, infer(batch) -> logits
+
+
+def seed_pipeline(artifact: str) -> Pipeline:
     import torch
     from reference import seed_input, seed_transform
 
@@ -106,26 +111,26 @@ def seed_pipeline(artifact: str) -> Tuple[Callable, Callable]:
     model = build_model(Path(artifact).stem).eval()  # the artifact is named after its architecture
     transform = seed_transform(RESIZE, SIDE)
 
-    def preprocess(bgr: np.ndarray):
-        return seed_input(bgr, transform)
-
     def infer(batch) -> np.ndarray:
         with torch.no_grad():
             return model(batch)[0].numpy()
 
-    return (lambda path: cv2.imread(path)), (preprocess, infer)
+    return (lambda path: cv2.imread(path)), (lambda bgr: seed_input(bgr, transform)), infer
 
 
-def plain_pipeline(artifact: str):
-    import onnxruntime as ort
+def plain_and_ours(artifact: str) -> Dict[str, Pipeline]:
+    """The plain script and ours, sharing one onnxruntime session: the same model run, so the
+    difference between them is decode and preprocess alone, and a change in load hits both alike."""
+    from edge.classify import Classifier
+    from edge.cli import DECODE_MARGIN
+    from edge.images import read_image
 
-    session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def preprocess(bgr: np.ndarray) -> np.ndarray:
-        return plain_crop(bgr)[None]
-
-    return (lambda path: cv2.imread(path)), (preprocess, lambda batch: session.run(None, {name: batch})[0][0])
+    classifier = Classifier.open(Path(artifact), device="cpu")
+    min_side = DECODE_MARGIN * classifier.spec.resize_side
+    infer = classifier.backend.run
+    return {"plain": ((lambda path: cv2.imread(path)), (lambda bgr: plain_crop(bgr)[None]), infer),
+            "ours": ((lambda path: read_image(Path(path), min_side=min_side)),
+                     (lambda bgr: classifier.preprocess(bgr)[None]), infer)}
 
 
 def plain_crop(bgr: np.ndarray) -> np.ndarray:
@@ -137,68 +142,69 @@ def plain_crop(bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(resized[top:top + SIDE, left:left + SIDE], cv2.COLOR_BGR2RGB)
 
 
-def our_pipeline(artifact: str):
-    from edge.classify import Classifier
-    from edge.cli import DECODE_MARGIN
-    from edge.images import read_image
+def time_prepare(pipeline: Pipeline, path: str, frame: np.ndarray, decoded: np.ndarray) -> Dict[str, float]:
+    """Decode the file, preprocess the raw frame, preprocess the decoder's output (the JPEG path's input)."""
+    decode, preprocess, _ = pipeline
+    times = [time.perf_counter()]
+    decode(path)
+    times.append(time.perf_counter())
+    preprocess(frame)
+    times.append(time.perf_counter())
+    preprocess(decoded)
+    times.append(time.perf_counter())
+    return {name: (t1 - t0) * 1e3 for name, (t0, t1) in zip(("decode", "preprocess", "preprocess_jpeg"),
+                                                            zip(times, times[1:]))}
 
-    classifier = Classifier.open(Path(artifact), device="cpu")
-    min_side = DECODE_MARGIN * classifier.spec.resize_side
 
-    def preprocess(bgr: np.ndarray) -> np.ndarray:
-        return classifier.preprocess(bgr)[None]
+def time_infer(pipeline: Pipeline, batch) -> Dict[str, float]:
+    times = [time.perf_counter()]
+    logits = pipeline[2](batch)
+    times.append(time.perf_counter())
+    int(np.argmax(logits))
+    times.append(time.perf_counter())
+    return {"infer": (times[1] - times[0]) * 1e3, "topk": (times[2] - times[1]) * 1e3}
 
-    return (lambda path: read_image(Path(path), min_side=min_side)), (preprocess, classifier.backend.run)
 
+def time_pipelines(pipelines: Dict[str, Pipeline], files: Dict[str, List[str]], rounds: int) -> Dict[str, Dict]:
+    """Median ms per stage, per pipeline and resolution; the pipelines take turns image by image.
 
-def time_pipeline(mode: str, artifact: str, files: Dict[str, List[str]], rounds: int) -> Dict[str, Dict]:
-    """Median ms per stage for each resolution, from JPEG files and from raw frames."""
-    pipelines = {"seed": seed_pipeline, "plain": plain_pipeline, "ours": our_pipeline}
-    decode, (preprocess, infer) = pipelines[mode](artifact)
-    result: Dict[str, Dict] = {}
+    Each image's decodes and preprocessing run before its inferences, so they are not timed while
+    onnxruntime's pool is still spinning after a run (the model's cost is the same either way)."""
+    result: Dict[str, Dict] = {name: {} for name in pipelines}
     for key, paths in files.items():
         raw = [cv2.imread(p) for p in paths]
-        samples: Dict[str, List[float]] = {}
+        decoded = {name: [pipe[0](p) for p in paths] for name, pipe in pipelines.items()}
+        batches = {name: [pipe[1](frame) for frame in raw] for name, pipe in pipelines.items()}
+        samples: Dict[str, Dict[str, List[float]]] = {name: {} for name in pipelines}
         for round_ in range(rounds + 1):  # the first pass warms up (plans, allocations) and is not counted
-            for path, frame in zip(paths, raw):
-                times = [time.perf_counter()]
-                decode(path)
-                times.append(time.perf_counter())
-                batch = preprocess(frame)
-                times.append(time.perf_counter())
-                logits = infer(batch)
-                times.append(time.perf_counter())
-                int(np.argmax(logits))
-                times.append(time.perf_counter())
+            for i, path in enumerate(paths):
+                stages = {name: time_prepare(pipe, path, raw[i], decoded[name][i]) for name, pipe in pipelines.items()}
+                for name, pipe in pipelines.items():
+                    stages[name].update(time_infer(pipe, batches[name][i]))
                 if round_:
-                    for name, (t0, t1) in zip(("decode", "preprocess", "infer", "topk"), zip(times, times[1:])):
-                        samples.setdefault(name, []).append((t1 - t0) * 1e3)
-                    # The JPEG path's preprocess runs on what its decoder gives (reduced, for ours).
-                    t0 = time.perf_counter()
-                    preprocess(decode_result(decode, path))
-                    samples.setdefault("preprocess_jpeg", []).append((time.perf_counter() - t0) * 1e3)
-        result[key] = {name: statistics.median(values) for name, values in samples.items()}
+                    for name, values in stages.items():
+                        for stage, ms in values.items():
+                            samples[name].setdefault(stage, []).append(ms)
+        for name in pipelines:
+            result[name][key] = {stage: statistics.median(v) for stage, v in samples[name].items()}
     return result
 
 
-_DECODED: Dict[str, np.ndarray] = {}
+def time_folder(pipelines: Dict[str, Pipeline], paths: List[str], passes: int) -> Dict[str, List[float]]:
+    """Seconds per pass over the mixed-size folder, end to end, plain and ours taking turns; ours
+    starts each pass with empty plan caches (every size a new plan, as in a fresh process)."""
+    from edge.preprocess import crop_plan, prefilter_kernel
 
-
-def decode_result(decode: Callable, path: str) -> np.ndarray:
-    """The decoder's output for ``path`` (cached: only the preprocess step after it is being timed)."""
-    if path not in _DECODED:
-        _DECODED[path] = decode(path)
-    return _DECODED[path]
-
-
-def time_folder(mode: str, artifact: str, paths: List[str]) -> Dict[str, float]:
-    """One pass over the mixed-size folder, end to end, in this fresh process."""
-    decode, (preprocess, infer) = {"plain": plain_pipeline, "ours": our_pipeline}[mode](artifact)
-    started = time.perf_counter()
-    for path in paths:
-        int(np.argmax(infer(preprocess(decode(path)))))
-    total = time.perf_counter() - started
-    return {"total_s": total}
+    totals: Dict[str, List[float]] = {name: [] for name in pipelines}
+    for _ in range(passes):
+        for name, (decode, preprocess, infer) in pipelines.items():
+            crop_plan.cache_clear()
+            prefilter_kernel.cache_clear()
+            started = time.perf_counter()
+            for path in paths:
+                int(np.argmax(infer(preprocess(decode(path)))))
+            totals[name].append(time.perf_counter() - started)
+    return totals
 
 
 def plan_fit_ms() -> float:
@@ -283,22 +289,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="timed passes per pipeline run (plain and ours)")
     parser.add_argument("--seed-rounds", type=int, default=3, help="timed passes for the seed (eager torch is slow)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each pipeline; best kept")
-    parser.add_argument("--folder-repeats", type=int, default=3, help="fresh-process passes over the mixed folder")
+    parser.add_argument("--folder-repeats", type=int, default=3, help="passes over the mixed folder per run")
     parser.add_argument("--arch", default="mobilenet_v2")
-    parser.add_argument("--measure", choices=PIPELINES, help=argparse.SUPPRESS)
-    parser.add_argument("--folder", choices=("plain", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=("seed", "plain+ours"), help=argparse.SUPPRESS)
     parser.add_argument("--artifact", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
+    parser.add_argument("--mixed", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         files = json.loads(Path(args.files).read_text())
-        result = time_pipeline(args.measure, args.artifact, files, args.rounds)
-        if args.measure == "ours":
-            result["plan_fit_ms"] = plan_fit_ms()
+        if args.measure == "seed":
+            print(json.dumps(time_pipelines({"seed": seed_pipeline(args.artifact)}, files, args.rounds)))
+            return
+        pipelines = plain_and_ours(args.artifact)
+        result = time_pipelines(pipelines, files, args.rounds)
+        result["folder"] = time_folder(pipelines, json.loads(Path(args.mixed).read_text()), args.folder_repeats)
+        result["plan_fit_ms"] = plan_fit_ms()
         print(json.dumps(result))
-        return
-    if args.folder:
-        print(json.dumps(time_folder(args.folder, args.artifact, json.loads(Path(args.files).read_text()))))
         return
 
     import torch
@@ -317,19 +324,20 @@ def main() -> None:
         artifact = str(export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
                                        labels=[f"class {i}" for i in range(1000)], precision="fp32"))
         runs: Dict[str, List[Dict]] = {name: [] for name in PIPELINES}
-        for _ in range(args.repeats):
-            for name in PIPELINES:
-                rounds = args.seed_rounds if name == "seed" else args.rounds
-                runs[name].append(child(["--measure", name, "--rounds", str(rounds), "--artifact", artifact,
-                                         "--files", str(folder / "files.json")]))
         folder_runs: Dict[str, List[float]] = {"plain": [], "ours": []}
-        for _ in range(args.folder_repeats):
-            for name in folder_runs:
-                folder_runs[name].append(child(["--folder", name, "--artifact", artifact,
-                                                "--files", str(folder / "mixed.json")])["total_s"])
+        fits = []
+        common = ["--artifact", artifact, "--files", str(folder / "files.json"), "--mixed", str(folder / "mixed.json"),
+                  "--folder-repeats", str(args.folder_repeats)]
+        for _ in range(args.repeats):
+            runs["seed"].append(child(["--measure", "seed", "--rounds", str(args.seed_rounds), *common])["seed"])
+            both = child(["--measure", "plain+ours", "--rounds", str(args.rounds), *common])
+            for name in ("plain", "ours"):
+                runs[name].append(both[name])
+                folder_runs[name].extend(both["folder"][name])
+            fits.append(both["plan_fit_ms"])
         grey = parity(files)
         csi = csi_parity(files)
-    fit_ms = statistics.median(r.pop("plan_fit_ms") for r in runs["ours"])
+    fit_ms = statistics.median(fits)
     timing = {name: best(r) for name, r in runs.items()}
     report(args, timing, grey, csi, folder_runs, fit_ms, load_before, os.getloadavg())
 
@@ -378,9 +386,10 @@ def report(args, timing, grey, csi, folder_runs, fit_ms, load_before, load_after
     jpeg_cost = {k: ours[k]["decode"] + ours[k]["preprocess_jpeg"] for k in grey}
     plain_folder, ours_folder = statistics.median(folder_runs["plain"]), statistics.median(folder_runs["ours"])
     print()
-    print(f"Mixed-size folder: {MIXED_COUNT} JPEGs, 50 different sizes from 1 to 12 megapixels, end to end, each "
-          f"pass in a fresh process (median of {len(folder_runs['plain'])}): plain {plain_folder:.2f} s, "
-          f"ours {ours_folder:.2f} s; a new frame size's plan (prefilter fit included) costs {fit_ms:.2f} ms.")
+    print(f"Mixed-size folder: {MIXED_COUNT} JPEGs, 50 different sizes from 1 to 12 megapixels, end to end, plain "
+          f"and ours taking turns, ours with empty plan caches each pass (median of {len(folder_runs['plain'])} "
+          f"passes): plain {plain_folder:.2f} s, ours {ours_folder:.2f} s; a new frame size's plan (prefilter fit "
+          f"included) costs {fit_ms:.2f} ms.")
     print()
     print("| measure | value | target |")
     print("|---|---:|---|")
