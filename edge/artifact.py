@@ -15,6 +15,9 @@ ImageNet labels shipped in ``edge.labels``.
 
 
 import logging
+import math
+import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
@@ -25,6 +28,10 @@ from .errors import EdgeError
 from .resources import package_text
 
 log = logging.getLogger(__name__)
+
+MAX_INPUT_SIDE = 4096  # beyond any classifier; a bigger number in metadata is damage, not a model
+MAX_LABELS_BYTES = 16 << 20  # 16 MB: a million labels; /dev/zero or a FIFO would never end
+MAX_RESIZE_FACTOR = 4  # resize_side / input_side: torchvision's recipes use 1.14; 1e8 would exhaust memory
 
 
 class ArtifactError(EdgeError, ValueError):
@@ -95,16 +102,41 @@ def spec_from_metadata(
             exporter=meta.get(Key.EXPORTER, "unknown"),
             source=meta.get(Key.SOURCE, "unknown"),
         )
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise ArtifactError(f"the model's metadata is unreadable: {exc}") from None
     _check(spec)
+    check_against_graph(spec, input_shape, input_dtype)
     return spec
 
 
+def check_against_graph(spec: ModelSpec, input_shape: Sequence[Optional[int]], input_dtype: str) -> None:
+    """The metadata must describe the graph it sits in: the input kind its dtype, the side its shape."""
+    graph_kind = "uint8" if input_dtype == "uint8" else "float"
+    if spec.input_kind != graph_kind:
+        raise ArtifactError(f"the model's metadata says {spec.input_kind} input but its graph takes {input_dtype}")
+    dims = list(input_shape)
+    if len(dims) != 4:
+        raise ArtifactError(f"the model takes a {len(dims)}-D input, not a 4-D image batch")
+    spatial, channels = (dims[1:3], dims[3]) if spec.input_kind == "uint8" else (dims[2:4], dims[1])
+    if isinstance(channels, int) and channels != 3:
+        raise ArtifactError(f"the model's graph takes {channels} channels, not 3 (RGB)")
+    for size in spatial:
+        if isinstance(size, int) and size != spec.input_side:
+            raise ArtifactError(f"the model's metadata says input side {spec.input_side} but its graph takes "
+                                f"{spatial[0]}x{spatial[1]}")
+
+
 def read_labels(path: Path) -> Tuple[str, ...]:
-    """One label per line; blank lines at the end are ignored."""
+    """One label per line; blank lines at the end are ignored. Only a regular file of sane size is read."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        info = os.stat(str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(f"labels file {path} is not a regular file")
+        if info.st_size > MAX_LABELS_BYTES:
+            raise ArtifactError(f"labels file {path} is {info.st_size / 1e6:.0f} MB; a labels file is text, "
+                                f"one name per line (at most {MAX_LABELS_BYTES >> 20} MB)")
+        with open(str(path), "rb") as handle:
+            lines = handle.read(MAX_LABELS_BYTES).decode("utf-8").splitlines()
     except OSError as exc:
         raise ArtifactError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -146,9 +178,15 @@ def _side_from_shape(shape: Sequence[Optional[int]], input_kind: str) -> int:
 
 
 def _check(spec: ModelSpec) -> None:
-    if not 0 < spec.input_side <= spec.resize_side:
-        raise ArtifactError(f"bad sizes in the model's metadata: input {spec.input_side}, resize {spec.resize_side}")
+    """Values that would crash, hang or silently mislead preprocessing are refused at load."""
+    if not (0 < spec.input_side <= MAX_INPUT_SIDE
+            and spec.input_side <= spec.resize_side <= MAX_RESIZE_FACTOR * spec.input_side):
+        raise ArtifactError(f"bad sizes in the model's metadata: input {spec.input_side}, resize {spec.resize_side} "
+                            f"(expected 0 < input <= {MAX_INPUT_SIDE} and input <= resize <= "
+                            f"{MAX_RESIZE_FACTOR} x input)")
     if not spec.labels:
         raise ArtifactError("the model has no classes")
-    if any(s <= 0 for s in spec.std):
-        raise ArtifactError("the model's std must be positive")
+    if not all(math.isfinite(m) for m in spec.mean):
+        raise ArtifactError(f"the model's mean must be finite numbers, not {list(spec.mean)}")
+    if not all(math.isfinite(s) and s > 0 for s in spec.std):
+        raise ArtifactError(f"the model's std must be positive finite numbers, not {list(spec.std)}")

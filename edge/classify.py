@@ -84,7 +84,24 @@ class Classifier:
                 spec = spec.with_labels(read_labels(labels))
         except (BackendError, ArtifactError) as exc:
             raise ClassifyError(str(exc)) from None
-        return cls(runtime, spec, topk)
+        classifier = cls(runtime, spec, topk)
+        classifier.warm_up()
+        return classifier
+
+    def warm_up(self) -> None:
+        """One inference on a blank frame, so a model that cannot run fails at load (exit 2), not on frame 1.
+
+        It also checks what comes out: one row of ``num_classes`` logits.
+        """
+        side = self.spec.input_side
+        try:
+            logits = self.backend.run(self.preprocess(np.zeros((side, side, 3), np.uint8))[None])
+        except (BackendError, ValueError) as exc:
+            raise ClassifyError(f"the model fails on a test input: {exc}") from None
+        shape = tuple(np.shape(logits))
+        if shape != (1, self.spec.num_classes):
+            raise ClassifyError(f"the model gives outputs of shape {list(shape)} for one image; expected "
+                                f"[1, {self.spec.num_classes}] (one score per label)")
 
     def classify(self, frame_bgr: np.ndarray) -> Prediction:
         """Preprocess, infer and rank one BGR uint8 frame."""
@@ -94,7 +111,7 @@ class Classifier:
         except ValueError as exc:
             raise ClassifyError(str(exc)) from None
         prepared = time.perf_counter()
-        logits = self.backend.run(batch)[0]
+        logits = self.backend.run(batch)[0]  # BackendError (one line) if the runtime fails
         inferred = time.perf_counter()
         prediction = self.prediction_from_logits(logits)
         prediction.ms.update(preprocess=(prepared - started) * 1e3, infer=(inferred - prepared) * 1e3,

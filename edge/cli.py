@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="one JSON object per image or frame on stdout")
     parser.add_argument("--output", type=Path, metavar="PATH",
                         help="write the labelled image (a folder for several images) or video")
+    parser.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                        help="refuse images whose header says more than N pixels, before decoding them "
+                             "(default 100000000: 100 MP fits a 4 GB Jetson Nano)")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "torchscript"), default="auto",
                         help="inference runtime (default: by the model's suffix)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
@@ -102,6 +105,32 @@ def _tries(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def check_values(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with the numbers given, whichever the input (a bad value is never silently ignored)."""
+    checks = (
+        (args.topk < 1, f"--topk must be at least 1, not {args.topk}"),
+        (not 0.0 <= args.threshold <= 1.0, f"--threshold is a probability between 0 and 1, not {args.threshold}"),
+        (args.smooth < 1, f"--smooth must be at least 1 frame, not {args.smooth}"),
+        (not args.stats_interval >= 0, f"--stats-interval must be 0 (never) or more seconds, not {args.stats_interval}"),
+        (args.max_frames is not None and args.max_frames < 1, f"--max-frames must be at least 1, not {args.max_frames}"),
+    )
+    for bad, message in checks:
+        if bad:
+            return message
+    for flag in ("width", "height", "fps"):
+        value = getattr(args, flag)
+        if value is not None and not 0 < value < 100_000:
+            return f"--{flag} must be a positive number, not {value}"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, code = parse_arguments(build_parser(), argv)
     if args is None:
@@ -111,14 +140,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     _setup_logging(args)
-    if args.topk < 1:
-        return _fail(f"--topk must be at least 1, not {args.topk}")
+    problem = check_values(args)
+    if problem:
+        return _fail(problem)
     try:
         import cv2  # noqa: F401
     except ImportError:
         return _fail(OPENCV_HINT)
     from .classify import Classifier
     from .defaults import ensure_default_model
+    from .imagecheck import DEFAULT_MAX_PIXELS, limit_opencv_decoder
+
+    args.max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    limit_opencv_decoder(args.max_pixels)  # before the first decode: OpenCV reads it once
 
     model = args.model or ensure_default_model()
     classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
@@ -135,55 +169,71 @@ def _main(args: argparse.Namespace) -> int:
 
 def run_images(args: argparse.Namespace, classifier) -> int:
     """Classify every image named by ``--image``; report bad ones on stderr and carry on."""
-    from .images import ImageError, expand_inputs, read_image
-    from .output import draw_label, format_line, json_line, write_image_atomic
+    from .images import expand_inputs
+    from .outpaths import OutputError
 
     items = expand_inputs(args.image)
-    output_dir = _output_folder(args.output, items)
-    # A large JPEG may be decoded reduced (its DCT does the first shrink), unless the labelled copy is wanted.
-    min_side = None if args.output else DECODE_MARGIN * classifier.spec.resize_side
-    failed = 0
-    for item in _progress(items):
-        try:
-            if item.error:
-                raise ImageError(item.error)
-            started = time.perf_counter()
-            frame = read_image(item.path, min_side=min_side)
-            decoded = time.perf_counter()
-            prediction = classifier.classify(frame)
-            prediction.ms["decode"] = (decoded - started) * 1e3
-            if args.json:
-                ms = prediction.ms
-                record = {"source": item.source, **prediction.to_dict()}
-                record["ms"] = {k: round(ms[k], 3) for k in ("decode", "preprocess", "infer")}
-                print(json_line(record), flush=True)
-            else:
-                print(format_line(item.source, prediction, args.topk), flush=True)
-            if args.output:
-                target = output_dir / _output_name(item) if output_dir else args.output
-                write_image_atomic(target, draw_label(frame, prediction))
-        except (EdgeError, OSError) as exc:  # a bad image, an output that cannot be written
-            failed += 1
-            print(f"edge-classify: {item.source}: {exc}", file=sys.stderr, flush=True)
+    try:
+        targets = output_targets(args.output, items)
+    except OutputError as exc:
+        return _fail(str(exc))
+    failed = sum(not classify_one(args, classifier, item, target) for item, target in zip(_progress(items), targets))
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def _output_folder(output: Optional[Path], items: List) -> Optional[Path]:
-    """``--output`` is a folder when there are several images or it names one; a file otherwise."""
+def classify_one(args: argparse.Namespace, classifier, item, target: Optional[Path]) -> bool:
+    """Classify one image and print (and write) its result; False, with one line on stderr, if it failed."""
+    import cv2
+
+    from .images import ImageError, read_image
+    from .output import draw_label, format_line, json_line, printable, write_image_atomic
+
+    try:
+        if item.error:
+            raise ImageError(item.error)
+        started = time.perf_counter()
+        # A large JPEG may be decoded reduced (its DCT does the first shrink), unless the labelled copy is wanted.
+        min_side = None if target is not None else DECODE_MARGIN * classifier.spec.resize_side
+        frame = read_image(item.path, args.max_pixels, min_side=min_side)
+        decoded = time.perf_counter()
+        prediction = classifier.classify(frame)
+        prediction.ms["decode"] = (decoded - started) * 1e3
+        if args.json:
+            ms = prediction.ms
+            record = {"source": item.source, **prediction.to_dict()}
+            record["ms"] = {k: round(ms[k], 3) for k in ("decode", "preprocess", "infer")}
+            print(json_line(record), flush=True)
+        else:
+            print(format_line(item.source, prediction, args.topk), flush=True)
+        if target is not None:
+            write_image_atomic(target, draw_label(frame, prediction))
+    except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:  # a bad image, an unwritable output
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        print(f"edge-classify: {printable(item.source)}: {printable(reason)}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def output_targets(output: Optional[Path], items: List) -> List[Optional[Path]]:
+    """The file each image's labelled copy goes to (None: not written); OutputError for an unusable --output.
+
+    ``--output`` is a folder when there are several images or it names one (flattened names, made
+    unique); a file otherwise. No target may be one of the inputs.
+    """
+    from .outpaths import check_image_suffix, check_not_an_input, prepare_folder, unique_names
+
     if output is None:
-        return None
+        return [None] * len(items)
+    check_image_suffix(output)
     several = len(items) > 1 or any(i.from_folder for i in items)
     if several or output.is_dir() or not output.suffix:
-        output.mkdir(parents=True, exist_ok=True)
-        return output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return None
-
-
-def _output_name(item) -> str:
-    """A flat, unique-enough file name for an image written into the output folder."""
-    name = item.source.strip("/").replace("/", "__")
-    return name if Path(name).suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"} else name + ".jpg"
+        folder = prepare_folder(output)
+        targets = [folder / name for name in unique_names([i.source for i in items])]
+    else:
+        prepare_folder(output.parent)
+        targets = [output]
+    check_not_an_input(targets, [i.path for i in items])
+    return targets  # type: ignore[return-value]
 
 
 def _progress(items: List):

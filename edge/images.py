@@ -4,9 +4,11 @@
         frame = read_image(item.path)          # BGR uint8, or ImageError with a one-line reason
 
 A folder gives its images sorted, recursively; ``source`` is the path as given, or joined with its
-folder. A truncated JPEG or PNG is refused rather than classified half grey. ``read_image(path,
-min_side=512)`` lets a large JPEG be decoded at 1/2, 1/4 or 1/8 of its size in the decoder's DCT
-(a 4K photo in a quarter of the time), keeping its shorter side at least ``min_side``.
+folder. A truncated JPEG or PNG is refused rather than classified half grey; so is an image whose
+header asks for more than ``max_pixels`` (checked before decoding, see ``edge.imagecheck``). A folder
+that cannot be entered is reported once, as an input that failed, and the walk goes on.
+``read_image(path, min_side=512)`` lets a large JPEG be decoded at 1/2, 1/4 or 1/8 of its size in the
+decoder's DCT (a 4K photo in a quarter of the time), keeping its shorter side at least ``min_side``.
 """
 
 
@@ -15,22 +17,17 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from .contract import IMAGE_SUFFIXES
-from .errors import EdgeError
-from .imageheader import jpeg_size
+from .imagecheck import (DEFAULT_MAX_PIXELS, Header, ImageError, check_decoded, check_header, inspect_header,
+                         max_file_bytes, native_warnings, read_file_bytes, truncated_by_warning)
 
 _GLOB_CHARS = set("*?[")
-_HEADER_BYTES = 1 << 18  # enough for the EXIF and ICC segments that come before a JPEG's frame header
 _REDUCED_FLAGS = {2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
-
-
-class ImageError(EdgeError, ValueError):
-    """An input that is not a readable image; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +44,14 @@ def expand_inputs(arguments: Sequence[str]) -> List[ImageInput]:
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
+            found, unreadable = _walk_images(path)
+            if not found and not unreadable:
                 items.append(ImageInput(argument, None, "no images in this folder"))
             items.extend(ImageInput(os.path.join(argument, str(p.relative_to(path))), p, from_folder=True)
                          for p in found)
+            items.extend(ImageInput(os.path.join(argument, str(folder.relative_to(path))), None,
+                                    f"cannot read this folder: {reason}", from_folder=True)
+                         for folder, reason in unreadable)
         elif path.exists() or not _GLOB_CHARS & set(argument):
             items.append(ImageInput(argument, path, None if path.exists() else "no such file"))
         else:
@@ -62,22 +62,43 @@ def expand_inputs(arguments: Sequence[str]) -> List[ImageInput]:
     return items
 
 
-def read_image(path: Path, min_side: Optional[int] = None) -> np.ndarray:
+def _walk_images(folder: Path) -> Tuple[List[Path], List[Tuple[Path, str]]]:
+    """Image files under ``folder``, sorted, and the subfolders that could not be listed (with why)."""
+    found: List[Path] = []
+    unreadable: List[Tuple[Path, str]] = []
+
+    def report(exc: OSError) -> None:
+        unreadable.append((Path(exc.filename or folder), exc.strerror or str(exc)))
+
+    for parent, _folders, files in os.walk(str(folder), onerror=report):
+        for name in files:
+            candidate = Path(parent) / name
+            if candidate.suffix.lower() in IMAGE_SUFFIXES and not candidate.is_dir():  # read_image refuses FIFOs
+                found.append(candidate)
+    return sorted(found), sorted(unreadable)
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: Optional[int] = None) -> np.ndarray:
     """Decode ``path`` to a BGR uint8 frame (gray and RGBA become 3-channel, as cv2.IMREAD_COLOR does).
 
+    The header is checked before decoding (``edge.imagecheck``): a truncated file or one over
+    ``max_pixels`` pixels is an ImageError, and so is anything OpenCV raises on a hostile file.
     With ``min_side``, a JPEG whose shorter side is at least twice that is decoded reduced (see
     :func:`decode_scale`); EXIF orientation is applied either way.
     """
+    data = read_file_bytes(path, max_file_bytes(max_pixels))
+    header = inspect_header(data)
+    check_header(header, max_pixels)
+    scale = jpeg_decode_scale(header, min_side) if min_side else 1
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
-    if data.size == 0:
-        raise ImageError("empty file")
-    _refuse_truncated(data)
-    frame = _decode(data, path, _jpeg_decode_scale(data, min_side) if min_side else 1)
+        with native_warnings() as warnings:
+            frame = _decode(data, path, scale)
+    except cv2.error as exc:  # OpenCV's own size limit, a corrupt stream the codec rejects
+        raise ImageError(f"OpenCV cannot decode it ({_first_line(exc)})") from None
     if frame is None:
         raise ImageError("not an image OpenCV can decode")
+    truncated_by_warning(header, warnings)
+    check_decoded(header, frame)
     return frame
 
 
@@ -94,20 +115,21 @@ def decode_scale(width: int, height: int, min_side: int) -> int:
     return scale
 
 
-def _jpeg_decode_scale(data: np.ndarray, min_side: int) -> int:
+def jpeg_decode_scale(header: Header, min_side: int) -> int:
     """:func:`decode_scale` for a JPEG whose header states its size; 1 for anything else."""
-    head = data[:_HEADER_BYTES].tobytes()
-    size = jpeg_size(head) if head[:3] == b"\xff\xd8\xff" else None
-    return decode_scale(size[0], size[1], min_side) if size else 1
+    if header.format != "jpeg" or not header.width or not header.height:
+        return 1
+    return decode_scale(header.width, header.height, min_side)
 
 
-def _decode(data: np.ndarray, path: Path, scale: int) -> Optional[np.ndarray]:
+def _decode(data: bytes, path: Path, scale: int) -> Optional[np.ndarray]:
     """``cv2.imdecode`` at ``scale``; through ``cv2.imread`` where imdecode ignores the reduced flags."""
+    buffer = np.frombuffer(data, np.uint8)
     if scale == 1:
-        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+        return cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     flag = getattr(cv2, _REDUCED_FLAGS[scale])
     if _imdecode_reduces():
-        return cv2.imdecode(data, flag)
+        return cv2.imdecode(buffer, flag)
     return cv2.imread(str(path), flag)  # OpenCV 4.1.1 (JetPack 4.6): only imread honours them
 
 
@@ -119,13 +141,8 @@ def _imdecode_reduces() -> bool:
     return probe is not None and probe.shape[:2] == (8, 8)
 
 
-def _refuse_truncated(data: np.ndarray) -> None:
-    """JPEG and PNG end with a marker; without it the decoder would fill the missing part with grey."""
-    head = data[:8].tobytes()
-    tail = data[-12:].tobytes()
-    if head[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-64:].tobytes():
-        raise ImageError("truncated JPEG (no end-of-image marker)")
-    if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
-        raise ImageError("truncated PNG (no IEND chunk)")
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(exc).__name__
 
 

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, Iterator, List, Optional
 
@@ -33,6 +34,7 @@ from . import sources
 from .backends import BackendError
 from .classify import Classifier, ClassifyError, Prediction, with_threshold
 from .notify import Notifier
+from .outpaths import check_not_an_input
 from .output import VideoSink, draw_label, format_line, json_line
 from .sources import Frame, Grabber, Reconnect, SourceError, SourceSpec
 
@@ -240,7 +242,8 @@ def run_stream(options: StreamOptions, classifier: Classifier, stop: Optional[th
     output: Optional[StreamOutput] = None
     with _stop_on_signals(stop):
         try:
-            grabber.open_first()
+            if not open_first_or_stop(grabber, stop):
+                return EXIT_OK  # SIGTERM or Ctrl-C while the source was still opening
             output = StreamOutput(options, spec.name, stop,
                                   video_fps=lambda: grabber.source_fps or spec.fps or 30.0)
             grabber.start()
@@ -281,6 +284,8 @@ def classify_frames(classifier: Classifier, grabber: Grabber, output: StreamOutp
                 stalled = True
                 log.warning("%s: no frame and no error for %.0f s; the camera or stream seems stuck",
                             grabber.spec.name, STALL_S)
+                if notifier.watchdog_interval is None:  # no systemd watchdog to restart us: recover here
+                    grabber.restart_stuck_reader()
             continue
         wait_ms = (time.perf_counter() - waited) * 1e3
         try:
@@ -312,6 +317,30 @@ def classify_frames(classifier: Classifier, grabber: Grabber, output: StreamOutp
             next_stats = now + options.stats_interval
     times.finish()
     return times
+
+
+def open_first_or_stop(grabber: Grabber, stop: threading.Event) -> bool:
+    """Open the source on a helper thread, watching ``stop``: False if told to stop first.
+
+    Opening an unreachable stream blocks inside OpenCV for seconds (forever on some builds); SIGTERM
+    must still end the run within a second. A SourceError from the open is raised here.
+    """
+    failure: List[BaseException] = []
+
+    def open_source() -> None:
+        try:
+            grabber.open_first()
+        except BaseException as exc:  # handed to the main thread, which reports it
+            failure.append(exc)
+
+    opener = threading.Thread(target=open_source, name="edge-open", daemon=True)
+    opener.start()
+    while opener.is_alive():
+        if stop.wait(POLL_S):
+            return False
+    if failure:
+        raise failure[0]
+    return True
 
 
 def reconnect_policy(options: StreamOptions, notifier: Notifier) -> Reconnect:
@@ -353,6 +382,8 @@ def classify_rate(classifier: Classifier, image: np.ndarray, seconds: float = 2.
 def _check_options(options: StreamOptions, spec: SourceSpec) -> None:
     if options.loop and spec.live:
         raise ValueError(f"--loop replays a video file; {spec.name} is a live source")
+    if options.output and spec.kind == "file":
+        check_not_an_input([Path(options.output)], [Path(str(spec.target))])
     if options.smooth < 1:
         raise ValueError(f"--smooth must be at least 1 frame, not {options.smooth}")
     if options.read_ahead is not None and (options.read_ahead < 0 or spec.live):

@@ -6,12 +6,18 @@
 
     with VideoSink(Path("out.mp4"), fps=30) as video:    # written under a temporary name,
         video.write(draw_label(frame, prediction, fps))   # renamed into place when closed
+
+Labels come from the model file or a labels file, names from the file system: both may hold control
+characters, so everything shown to a person goes through :func:`printable` (a newline or an ANSI
+escape in a label must not forge an output line or recolour a terminal). JSON is escaped by ``json``.
 """
 
 
 import json
 import os
+import re
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
@@ -26,11 +32,22 @@ class OutputError(EdgeError, ValueError):
     """An image or video that cannot be written as asked; the message is one line."""
 
 
+def printable(text: str) -> str:
+    """``text`` with control and bidi-format characters escaped (``\\n``, ``\\x1b``, ``\\u202e``), the rest as is."""
+    return "".join(_escape(c) if unicodedata.category(c) in ("Cc", "Cf") else c for c in str(text))
+
+
+def _escape(char: str) -> str:
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
 def format_line(source: str, prediction: Prediction, topk: int = 1, note: str = "") -> str:
     """``source: label (83.1%) note``, with the runners-up indented under it when ``topk`` > 1."""
-    line = f"{source}: {prediction.label} ({prediction.score:.1%})" + (f"  {note}" if note else "")
+    line = (f"{printable(source)}: {printable(prediction.label)} ({prediction.score:.1%})"
+            + (f"  {note}" if note else ""))
     if topk > 1:
-        line += "".join(f"\n    {rank}. {k.label} ({k.score:.1%})"
+        line += "".join(f"\n    {rank}. {printable(k.label)} ({k.score:.1%})"
                         for rank, k in enumerate(prediction.topk[:topk], start=1))
     return line
 
@@ -42,7 +59,7 @@ def json_line(record: Mapping[str, object]) -> str:
 def draw_label(frame_bgr: np.ndarray, prediction: Prediction, fps: Optional[float] = None) -> np.ndarray:
     """A copy of the frame with the label and score (and FPS) in a dark band at the top."""
     out = frame_bgr.copy()
-    text = f"{prediction.label} {prediction.score:.0%}" + (f"  {fps:.1f} fps" if fps is not None else "")
+    text = f"{printable(prediction.label)} {prediction.score:.0%}" + (f"  {fps:.1f} fps" if fps is not None else "")
     height, width = out.shape[:2]
     scale = max(0.4, min(width, height) / 640.0)
     thickness = max(1, int(round(scale * 2)))
@@ -97,7 +114,9 @@ class VideoSink:
         self._writer = None
         self._size = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.tmp-", suffix=self.path.suffix, dir=self.path.parent)
+        remove_stale_temporaries(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.tmp-{os.getpid()}-", suffix=self.path.suffix,
+                                   dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
 
@@ -130,3 +149,28 @@ class VideoSink:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the half-written videos that a killed run (SIGKILL, power loss) left beside ``path``.
+
+    A temporary's name carries its writer's process id; one whose process is gone is never finished.
+    """
+    pattern = re.compile(r"\." + re.escape(path.stem) + r"\.tmp-(\d+)-[^/]*" + re.escape(path.suffix) + "$")
+    for candidate in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):
+        match = pattern.match(candidate.name)
+        if match and not _process_alive(int(match.group(1))):
+            try:
+                candidate.unlink()
+            except OSError:  # another run removed it first, or the folder is read-only: harmless
+                pass
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True

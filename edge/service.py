@@ -16,7 +16,8 @@ Decisions worth knowing:
 - A ``csi://`` source (or a pipeline with nvarguscamerasrc) adds ``Wants=nvargus-daemon.service`` and
   ``PrivateTmp=no``: libargus talks to nvargus-daemon over /tmp/argus_socket.
 - Flags after the install options go to ``EDGE_ARGS``, which systemd splits at spaces, so their
-  values may not contain spaces; ``--labels`` and ``--output`` are made absolute.
+  values may not contain spaces; ``--labels`` and ``--output`` are made absolute, and one whose path
+  holds a space is written, quoted, at the end of ``ExecStart=`` instead.
 """
 
 
@@ -46,6 +47,12 @@ PATH_FLAGS = ("--labels", "--output")
 NETWORK_ELEMENTS = ("rtspsrc", "souphttpsrc", "udpsrc", "tcpclientsrc", "srtsrc", "rtmpsrc")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
+# Folders an --output may not open for writing (ReadWritePaths= would undo ProtectSystem=strict there):
+# these trees and everything in them, and these folders themselves (their subfolders are fine).
+SYSTEM_TREES = ("/etc", "/usr", "/boot", "/efi", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/sys", "/dev", "/run", "/snap", "/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd")
+SYSTEM_FOLDERS = ("/", "/var", "/var/lib", "/var/cache", "/var/log", "/var/spool", "/var/tmp", "/opt", "/home",
+                  "/srv", "/mnt", "/media", "/root", "/tmp")
 
 
 class ServiceError(EdgeError, RuntimeError):
@@ -66,6 +73,7 @@ class ServiceConfig:
     model: Path
     source: str
     args: Tuple[str, ...]  # more edge-classify flags, for EDGE_ARGS
+    quoted_args: Tuple[str, ...] = ()  # path flags whose value has a space: quoted in ExecStart=
     protect_home: str = "yes"  # or "read-only"
     csi: bool = False
     network: bool = False
@@ -86,6 +94,9 @@ def render_unit(config: ServiceConfig) -> str:
         text = set_key(text, "PrivateTmp", "no")
     if config.network:
         text = uncomment(text, "Wants=network-online.target")
+    if config.quoted_args:
+        text = text.replace(" $EDGE_ARGS\n", " $EDGE_ARGS " + " ".join(exec_quote(w) for w in config.quoted_args)
+                            + "\n", 1)
     if config.writable is not None:
         text = set_key(text, "ReadWritePaths", exec_quote(str(config.writable), variables=False))
     return (f"{MARKER} {__version__} from its template {UNIT_TEMPLATE}; re-run `edge-service install` to change it.\n"
@@ -166,13 +177,19 @@ def build_config(args: argparse.Namespace, extras: Sequence[str]) -> ServiceConf
         raise ServiceError(f"--labels {labels}: no such file", EXIT_USAGE)
     output = output.expanduser().absolute() if output is not None else None
     writable = output.parent if output is not None and not _inside(output, _service_dirs(name)) else None
+    if writable is not None:
+        check_writable_folder(writable, flags.output)
+    if output is not None and any(p is not None and _same_file(output, p) for p in (model, video, labels)):
+        raise ServiceError(f"--output {flags.output} is one of the service's inputs; it would be overwritten",
+                           EXIT_USAGE)
     if writable is not None and args.root is None and not args.dry_run and not writable.is_dir():
         raise ServiceError(f"--output {flags.output}: no folder {writable} to write it in", EXIT_USAGE)
     user = service_user(args.user, check_account=args.root is None and not args.dry_run)
     command = tuple(edge_classify_command())
     read = [model, labels, video, output, *map(Path, command[:1]), Path(sys.prefix), Path(__file__).parent]
+    plain, quoted = split_spaced_paths(absolute_paths(extras))
     config = ServiceConfig(name=name, user=user, command=command, model=model, source=source,
-                           args=tuple(absolute_paths(extras)), csi=is_csi(source), network=is_network(source),
+                           args=tuple(plain), quoted_args=tuple(quoted), csi=is_csi(source), network=is_network(source),
                            writable=writable,
                            protect_home="read-only" if _needs_home(read, user) else "yes")
     if args.root is None and not args.dry_run:
@@ -183,15 +200,34 @@ def build_config(args: argparse.Namespace, extras: Sequence[str]) -> ServiceConf
     return config
 
 
+def check_writable_folder(folder: Path, given: Path) -> None:
+    """The folder an --output opens to the service must not be / or a system tree (the unit would protect nothing)."""
+    for candidate in {folder, Path(os.path.realpath(str(folder)))}:  # a symlink into /etc is /etc
+        text = str(candidate)
+        if text in SYSTEM_FOLDERS or _inside(candidate, SYSTEM_TREES):
+            raise ServiceError(f"--output {given}: the service would get write access to {text}, a system folder; "
+                               f"write into a folder of its own, e.g. /var/lib/edge-classify or /srv/videos",
+                               EXIT_USAGE)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(str(a), str(b))
+    except OSError:
+        return os.path.realpath(str(a)) == os.path.realpath(str(b))
+
+
 def edge_flags(model: Path, source: str, extras: Sequence[str]) -> argparse.Namespace:
     """The flags the service will run edge-classify with, parsed by edge-classify's own parser."""
-    from .cli import build_parser
+    from .cli import build_parser, check_values
 
     shown = " ".join(extras)
     if any(word == "--image" or word.startswith("--image=") for word in extras):
         raise ServiceError("--image: a service classifies a camera, a video or a stream (--source, --camera)",
                            EXIT_USAGE)
-    for word in extras:
+    for previous, word in zip([""] + list(extras), extras):
+        if previous in PATH_FLAGS or word.partition("=")[0] in PATH_FLAGS:
+            continue  # a path: quoted in ExecStart= when it needs to be (split_spaced_paths)
         if re.search(r"[\s\"'\\]", word):
             raise ServiceError(f"{word!r}: flags go to EDGE_ARGS, which systemd splits at spaces, so a value "
                                "cannot hold spaces, quotes or backslashes (rename the file)", EXIT_USAGE)
@@ -202,6 +238,9 @@ def edge_flags(model: Path, source: str, extras: Sequence[str]) -> argparse.Name
     parser = build_parser()
     parser.error = refuse  # type: ignore[assignment]  # one line, no exit, no usage dump
     flags = parser.parse_args(["--model", str(model), "--source", source, *extras])
+    problem = check_values(flags)  # a value edge-classify would refuse at every start
+    if problem:
+        refuse(problem)
     if flags.display:
         raise ServiceError("--display: a service has no screen (use --output FILE for a labelled video)", EXIT_USAGE)
     return flags
@@ -223,12 +262,14 @@ def service_user(user: Optional[str], check_account: bool) -> str:
                            "read the model); the service never runs as root", EXIT_USAGE)
     if not USER_PATTERN.fullmatch(user):
         raise ServiceError(f"--user {user!r} is not a user name", EXIT_USAGE)
+    if user.isdigit() and int(user) == 0:  # systemd reads User=0 (or 00) as uid 0: root
+        raise ServiceError(f"--user {user} is root's number; the service must run unprivileged", EXIT_USAGE)
     if check_account:
         import grp
         import pwd
 
         try:
-            uid = pwd.getpwnam(user).pw_uid
+            uid = pwd.getpwuid(int(user)).pw_uid if user.isdigit() else pwd.getpwnam(user).pw_uid
         except KeyError:
             raise ServiceError(f"no user {user!r} here: create one (sudo useradd --system --groups video "
                                f"--no-create-home {user}) or pass another --user", EXIT_USAGE) from None
@@ -289,6 +330,21 @@ def absolute_paths(extras: Sequence[str]) -> List[str]:
     return out
 
 
+def split_spaced_paths(words: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``words`` as (those for EDGE_ARGS, the path flags whose value holds a space, quote or backslash)."""
+    plain: List[str] = []
+    quoted: List[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        pair = [word, words[index + 1]] if word in PATH_FLAGS and index + 1 < len(words) else [word]
+        value = pair[-1] if len(pair) == 2 else word.partition("=")[2]
+        needs_quotes = (len(pair) == 2 or word.partition("=")[0] in PATH_FLAGS) and re.search(r"[\s\"'\\]", value)
+        (quoted if needs_quotes else plain).extend(pair)
+        index += len(pair)
+    return plain, quoted
+
+
 def _needs_home(paths: Sequence[Optional[Path]], user: str) -> bool:
     """Whether the service must see /home (read-only): a path it reads is there, or the user's own site-packages."""
     if any(p is not None and (_inside(p.absolute(), HOME_DIRS) or _inside(p.resolve(), HOME_DIRS)) for p in paths):
@@ -329,6 +385,8 @@ def install(args: argparse.Namespace, extras: Sequence[str]) -> int:
     root = Path(args.root).absolute() if args.root is not None else SYSTEM_ROOT
     files = [(unit_path(root, config.name), render_unit(config), 0o644),
              (env_path(root, config.name), render_environment(config), 0o600)]  # it may hold stream passwords
+    for path, _, _ in files:
+        refuse_foreign(path)
     if args.dry_run:
         for path, text, _ in files:
             print(f"# ---- {path}\n{text}", end="" if text.endswith("\n") else "\n")
@@ -348,6 +406,23 @@ def install(args: argparse.Namespace, extras: Sequence[str]) -> int:
     print("the first start on TensorRT builds an engine, minutes on a Nano (cached for the next starts)")
     print(f"  status: edge-service status --name {config.name}\n  logs:   journalctl -u {config.name} -f")
     return EXIT_OK
+
+
+def refuse_foreign(path: Path) -> None:
+    """ServiceError unless ``path`` is absent or a file edge-service wrote (``--name grub`` must not replace
+    /etc/default/grub, nor ``--name ssh`` the ssh unit)."""
+    if not os.path.lexists(str(path)):
+        return
+    if path.is_symlink() or not path.is_file():
+        raise ServiceError(f"{path} exists and is not a file edge-service wrote; choose another --name")
+    try:
+        with open(str(path), encoding="utf-8", errors="replace") as handle:
+            first = handle.read(len(MARKER))
+    except OSError as exc:
+        raise ServiceError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if first != MARKER:
+        raise ServiceError(f"{path} exists and was not written by edge-service; choose another --name "
+                           "(or remove it by hand if you mean to replace it)")
 
 
 def uninstall(args: argparse.Namespace) -> int:

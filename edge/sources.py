@@ -14,7 +14,10 @@ overwrites are counted in ``grabber.dropped``. A video file is read in order, ev
 small bounded queue: ``read_ahead`` frames are decoded ahead of the model (see
 :func:`default_read_ahead`; a deeper queue adds its depth in frame age and no speed; 0 decodes a
 frame only when the loop asks: the least lag, no overlap). A live source that fails is reopened with
-backoff, a bounded number of times or forever (``Reconnect(tries=None)``, as under systemd).
+backoff, a bounded number of times or forever (``Reconnect(tries=None)``, as under systemd). The
+tries count failures since frames last flowed for ``GOOD_WINDOW_S``: a stream that opens, sends a
+few frames and stalls again uses them up instead of being reconnected forever. A read stuck in the
+driver (OpenCV 4.1.1 has no read timeout) is left behind by :meth:`Grabber.restart_stuck_reader`.
 """
 
 
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 READ_AHEAD = 1  # frames a video file's reader may decode ahead of a model on a GPU (see default_read_ahead)
 STREAM_OPEN_TIMEOUT_MS, STREAM_READ_TIMEOUT_MS = 10_000, 5_000
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
+GOOD_WINDOW_S = 10.0  # frames flowing this long after a reconnect: the source is back, its tries are renewed
 CSI_DEFAULT = (1280, 720, 30)
 CSI_INTERPOLATION = 2  # nvvidconv interpolation-method: 0 nearest (its default), 1 bilinear, 2 5-tap, 3 10-tap
 GSTREAMER_HINT = ("this OpenCV has no GStreamer support (pip's opencv-python wheels have none): on a Jetson use "
@@ -93,9 +97,18 @@ class Reconnect:
     def delays(self):
         """Backoff before each attempt: 0.5 s doubling up to 10 s, for ``tries`` attempts (or forever)."""
         attempt = 0
-        while self.tries is None or attempt < self.tries:
-            yield min(BACKOFF_START_S * 2 ** attempt, BACKOFF_MAX_S)
+        while self.allows(attempt):
+            yield self.delay(attempt)
             attempt += 1
+
+    def allows(self, failures: int) -> bool:
+        """Whether another attempt may follow ``failures`` failed ones."""
+        return self.tries is None or failures < self.tries
+
+    @staticmethod
+    def delay(failures: int) -> float:
+        """The wait before the attempt that follows ``failures`` failures: 0.5 s doubling up to 10 s."""
+        return min(BACKOFF_START_S * 2 ** min(failures, 16), BACKOFF_MAX_S)
 
 
 def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, width: Optional[int] = None,
@@ -308,9 +321,13 @@ class Grabber:
         self._on_status = on_status
         self._buffer = FrameBuffer(latest_only=spec.live, read_ahead=read_ahead)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edge-grabber", daemon=True)
+        self._generation = 0  # bumped when a stuck reader is left behind; its late frames are dropped
+        self._thread = threading.Thread(target=self._run, args=(0,), name="edge-grabber", daemon=True)
         self._capture = None
         self._count = 0
+        self._failures = 0  # failed or short-lived connections since frames last flowed for GOOD_WINDOW_S
+        self._flowing_since: Optional[float] = None  # the first frame after the last (re)open
+        self.abandoned = 0  # reader threads left stuck in a read
         self.heartbeat = time.monotonic()  # the last time a read or a reconnect step finished
         self.error: Optional[str] = None  # why the source ended, if it did not end cleanly
         self.reconnects = 0
@@ -357,30 +374,61 @@ class Grabber:
         elif self._capture is not None:
             self._release()
 
-    def _run(self) -> None:
+    def restart_stuck_reader(self) -> None:
+        """Leave a reader stuck inside ``read()`` (it cannot be interrupted) and go on with a new one.
+
+        The stuck read counts as a failure of the source, so ``--reconnect N`` still ends a source
+        that keeps hanging; the old thread drops whatever it reads if it ever returns.
+        """
+        if not self._thread.is_alive() or self._stop.is_set():
+            return
+        self._generation += 1
+        self._capture = None  # the stuck thread keeps its own reference and releases it if it returns
+        self.abandoned += 1
+        self.heartbeat = time.monotonic()
+        log.warning("%s: a read has hung; leaving it and reconnecting", self.spec.name)
+        self._thread = threading.Thread(target=self._run, args=(self._generation,), name="edge-grabber",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, generation: int) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and generation == self._generation:
                 if self._capture is None and not self._recover():
                     break
-                self._read_one()
+                self._read_one(generation)
         except Exception as exc:  # a backend error must end the loop with a line, not kill the thread silently
-            self.error = f"{self.spec.name}: capture failed: {exc}"
+            if generation == self._generation:
+                self.error = f"{self.spec.name}: capture failed: {exc}"
         finally:
-            self._buffer.close()
+            if generation == self._generation:
+                self._buffer.close()
 
-    def _read_one(self) -> None:
+    def _read_one(self, generation: int) -> None:
         if not self.spec.live:
             self._buffer.wait_for_room(self._stop)
-            if self._stop.is_set():
+            if self._stop.is_set() or generation != self._generation:
                 return
+        capture = self._capture
         started = time.monotonic()
-        ok, image = self._capture.read()
+        ok, image = capture.read()
+        if generation != self._generation:  # this reader was left behind while stuck in that read
+            capture.release()
+            return
         self.heartbeat = done = time.monotonic()
         if ok and image is not None and image.size:
             self._buffer.put(Frame(image, self._count, done, (done - started) * 1e3), self._stop)
             self._count += 1
+            self._note_frame(done)
         else:
             self._release()
+
+    def _note_frame(self, now: float) -> None:
+        """Renew the reconnect tries once frames have flowed for GOOD_WINDOW_S since the last (re)open."""
+        if self._flowing_since is None:
+            self._flowing_since = now
+        elif self._failures and now - self._flowing_since >= GOOD_WINDOW_S:
+            self._failures = 0
 
     def _recover(self) -> bool:
         """After the source ended or failed: reopen it as the mode says. False when there is nothing more."""
@@ -391,8 +439,13 @@ class Grabber:
             return self._try_open(quiet=False)
         if self._count:
             log.warning("%s: lost the source; reconnecting", self.spec.name)
-        for attempt, delay in enumerate(self.reconnect.delays(), start=1):
-            self._on_status(f"reconnecting to {self.spec.name} (try {attempt})")
+        self._flowing_since = None
+        attempt = 0
+        while self.reconnect.allows(self._failures):
+            delay = self.reconnect.delay(self._failures)
+            self._failures += 1
+            attempt += 1
+            self._on_status(f"reconnecting to {self.spec.name} (try {self._failures})")
             if self._sleep(delay) and self._try_open(quiet=True):
                 self.reconnects += 1
                 log.warning("%s: reconnected after %d tries", self.spec.name, attempt)

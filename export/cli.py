@@ -4,6 +4,7 @@
                 --out mobilenet_v2.onnx --out mobilenet_v2.ts
     edge-export --checkpoint runs/ants_bees.pt --out ants_bees.onnx
     edge-train --data photos/ --epochs 25 --out runs/photos.pt
+    edge-export --weights pretrained --target all --out mobilenet_v2.onnx   # + .jetson/.deepstream/.tensorrt.onnx
 
 edge-export writes each ``--out`` to a temporary file, runs it through the device's own path (edge's
 preprocessing and backend, ``export.verify``) on real photos against the eager torchvision pipeline,
@@ -31,9 +32,11 @@ from .errors import ExportError
 log = logging.getLogger("edge-export")
 
 EXTRA_HINT = "{} needs the export extra: pip install 'edge-classifier[export]'"
+EXPORT_EXTRA_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "skimage", "matplotlib", "numpy", "PIL")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .targets import target_names
     from .zoo import ARCHITECTURES, DEFAULT_ARCH
 
     parser = argparse.ArgumentParser(
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights and arithmetic precision; input stays uint8 and logits float32 (default fp16)")
     parser.add_argument("--input", dest="input_kind", choices=contract.INPUT_KINDS, default=contract.INPUT_UINT8,
                         help="uint8: NHWC RGB pixels, normalised inside the graph (default); float: plain NCHW "
-                             "float32 normalised input, for TensorRT 8.x / jetson-inference")
+                             "float32 normalised input (the tensorrt and jetson-inference targets pick their own)")
     parser.add_argument("--opset", type=_positive_int, default=None, metavar="N",
                         help="ONNX opset (default 13: loads in JetPack 4.6's TensorRT 8.2 and onnxruntime 1.11; "
                              "18 or more uses torch's new exporter)")
@@ -65,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the largest softmax probability difference from the eager model accepted on a "
                              "verification photo by the artifact alone (default 0.001 for fp32, 0.02 for fp16)")
     parser.add_argument("--out", type=Path, action="append", required=True, metavar="FILE",
-                        help="output file; its suffix picks the format (.onnx, .ts); repeatable")
+                        help="output file; its suffix picks the format (.onnx, .ts) and target (.jetson.onnx, "
+                             ".deepstream.onnx, .tensorrt.onnx); repeatable")
+    parser.add_argument("--target", action="append", choices=target_names(), metavar="TARGET",
+                        help="the runtime to export for: " + ", ".join(target_names()) + " (all: the first four); "
+                             "repeatable: one --out per target, or one --out to name them all after")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more; a traceback for an unexpected error")
     add_version(parser, __version__)
     return parser
@@ -87,54 +94,100 @@ def _host_main(prog: str, build, run, argv: Optional[Sequence[str]]) -> int:
         return code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format=f"{prog}: %(message)s", stream=sys.stderr)
-    return run_guarded(prog, lambda: run(args), verbose=args.verbose, expected=(ExportError, EdgeError))
+    return run_guarded(prog, lambda: _naming_missing_modules(prog, run, args), verbose=args.verbose,
+                       expected=(ExportError, EdgeError))
 
 
 def _run(args: argparse.Namespace) -> int:
     from .exporter import DEFAULT_OPSET, atomic_path, format_for, write_artifact
     from .load import load_checkpoint_model, load_model, read_labels_file
     from .metadata import artifact_metadata
+    from .target_files import (refuse_overwriting_inputs, run_commands, side_file_paths, side_file_texts,
+                               write_side_files, write_target_onnx)
+    from .target_verify import runtime_device_path, verify_runtime
+    from .targets import resolve_outputs
     from .verify import default_tolerance, eager_reference, edge_device_path, verification_frames, verify_path
     from .zoo import DEFAULT_ARCH
 
-    formats = [format_for(out) for out in args.out]  # reject a bad suffix before any slow work
+    pairs = resolve_outputs(args.out, args.target or [])  # reject a bad suffix or target before any slow work
+    refuse_overwriting_inputs([path for out, target in pairs for path in [out, *side_file_paths(out, target)]],
+                              [p for p in (args.weights, args.checkpoint, args.labels) if p])
+    for out, target in pairs:
+        if args.opset and target.opset and args.opset != target.opset:
+            log.warning("%s: the %s target is always opset %d (TensorRT 8.2 parses no newer); --opset %d is "
+                        "for onnxruntime and torchscript", out, target.name, target.opset, args.opset)
     labels = read_labels_file(args.labels) if args.labels else None
     if args.checkpoint:
         loaded = load_checkpoint_model(args.checkpoint, labels=labels)
     else:
         loaded = load_model(args.arch or DEFAULT_ARCH, args.weights, num_classes=args.num_classes, labels=labels)
+    for out, target in pairs:  # labels a runtime's label file cannot hold fail here, before any export
+        side_file_texts(out, target, loaded.labels, args.precision, loaded.input_side)
     frames = [frame for _, frame in verification_frames(args.verify_images, loaded.verify_images)]
     reference = eager_reference(loaded, frames)
-    tolerance = args.tolerance if args.tolerance is not None else default_tolerance(args.precision)
-    meta = artifact_metadata(arch=loaded.arch, labels=loaded.labels, input_side=loaded.input_side,
-                             resize_side=loaded.resize_side, precision=args.precision, input_kind=args.input_kind,
-                             source=loaded.source, mean=loaded.mean, std=loaded.std)
-    opset = args.opset or DEFAULT_OPSET
-    rows, failed = [], 0
-    for out, fmt in _progress(list(zip(args.out, formats))):
+    rows, commands, failed = [], [], 0
+    for out, target in _progress(pairs):
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a path under a file, a read-only disk
             raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
-        log.info("exporting %s (%s, %s, %s input)", out, fmt.name, args.precision, args.input_kind)
+        precision = "fp32" if target.fp32_graph else args.precision
+        input_kind = target.input_kind or args.input_kind
+        tolerance = args.tolerance if args.tolerance is not None else default_tolerance(precision)
+        meta = artifact_metadata(arch=loaded.arch, labels=loaded.labels, input_side=loaded.input_side,
+                                 resize_side=loaded.resize_side, precision=precision, input_kind=input_kind,
+                                 source=loaded.source, mean=loaded.mean, std=loaded.std)
+        opset = target.opset or args.opset or DEFAULT_OPSET
+        log.info("exporting %s (%s target, %s, %s input)", out, target.name, precision, input_kind)
         started = time.perf_counter()
         try:
             with atomic_path(out) as tmp:
-                write_artifact(loaded.model, tmp, meta, fmt=fmt, opset=opset)
+                if target.self_describing:
+                    fmt = format_for(out)
+                    write_artifact(loaded.model, tmp, meta, fmt=fmt, opset=opset)
+                else:
+                    write_target_onnx(loaded, tmp, target, {"target": target.name, "exporter": meta["exporter"],
+                                                            "source": loaded.source})
                 seconds = time.perf_counter() - started
-                result = verify_path(frames, reference, edge_device_path(tmp), tolerance=tolerance,
-                                     expected_meta=meta)
+                if target.self_describing:
+                    result = verify_path(frames, reference, edge_device_path(tmp), tolerance=tolerance,
+                                         expected_meta=meta)
+                else:
+                    result = verify_runtime(frames, reference, loaded, runtime_device_path(tmp, target, loaded),
+                                            tolerance=tolerance)
                 size = tmp.stat().st_size
                 if not result.ok:
                     raise _Disagrees()
+            write_side_files(out, target, loaded.labels, args.precision, loaded.input_side)
+            commands.extend(run_commands(out, target, loaded.input_side, args.precision))
         except _Disagrees:
             failed += 1
             print(f"edge-export: {out} disagrees with the eager model beyond tolerance; not written",
                   file=sys.stderr)
-        label = f"{fmt.name}" + (f" opset {opset}" if fmt.suffix == ".onnx" else "")
-        rows.append((str(out), label, size, seconds, result))
-    _print_table(rows, args.precision, args.input_kind)
+        kind = "TorchScript" if out.suffix.lower() == ".ts" else f"ONNX opset {opset}"
+        shown_precision = precision if precision == args.precision else f"{precision} ({args.precision} engine)"
+        rows.append((str(out), target.name, kind, shown_precision, target.feed_label or input_kind, size, seconds,
+                     result))
+    _print_table(rows)
+    if commands:
+        print("\nrun them:\n" + "\n".join(f"  {line}" for line in commands))
     return 1 if failed else 0
+
+
+def _naming_missing_modules(prog: str, run, args: argparse.Namespace) -> int:
+    try:
+        return run(args)
+    except ImportError as exc:
+        raise ExportError(missing_module_hint(prog, exc)) from None
+
+
+def missing_module_hint(prog: str, exc: ImportError) -> str:
+    """What to install: the export extra when one of its packages is missing, else the module itself
+    (``--opset 18`` needs onnxscript, which a full install of the extra may still lack)."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if not name or name in EXPORT_EXTRA_MODULES:
+        return f"{EXTRA_HINT.format(prog)} ({exc})"
+    return f"this export needs the Python module {name!r}, which is not installed: pip install {name}"
 
 
 def _progress(items: list):
@@ -150,16 +203,18 @@ class _Disagrees(Exception):
     """Raised inside the atomic write so a failed artifact is discarded."""
 
 
-def _print_table(rows: List[tuple], precision: str, input_kind: str) -> None:
-    """One row per artifact: the device path against the eager model (probabilities) and torchvision (pixels)."""
-    header = ("artifact", "format", "precision", "input", "size", "export", "top-1 agree", "max |dprob|",
-              "artifact alone", "pixels mean/max", "status")
+def _print_table(rows: List[tuple]) -> None:
+    """One row per artifact: its runtime's path against the eager model (probabilities) and torchvision (pixels)."""
+    header = ("artifact", "target", "format", "precision", "input", "size", "export", "top-1 agree", "max |dprob|",
+              "artifact alone", "pixels mean/max", "= PyTorch top-1", "status")
     lines = [header]
-    for path, fmt, size, seconds, result in rows:
-        lines.append((path, fmt, precision, input_kind, f"{size / 1e6:.1f} MB", f"{seconds:.1f} s",
+    for path, target, kind, precision, input_kind, size, seconds, result in rows:
+        # Through edge's own crop, top-1 agreement IS agreement with the PyTorch pipeline.
+        pytorch = getattr(result, "pytorch_agree", result.top1_agree)
+        lines.append((path, target, kind, precision, input_kind, f"{size / 1e6:.1f} MB", f"{seconds:.1f} s",
                       f"{result.top1_agree}/{result.images}", f"{result.max_prob_diff:.4f}",
                       f"{result.artifact_prob_diff:.1e} (<= {result.tolerance:g})",
-                      f"{result.mean_pixel_diff:.2f}/{result.max_pixel_diff:.0f}",
+                      f"{result.mean_pixel_diff:.2f}/{result.max_pixel_diff:.0f}", f"{pytorch}/{result.images}",
                       "ok" if result.ok else ("METADATA" if not result.metadata_ok else "FAILED")))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     for row in lines:

@@ -181,5 +181,6 @@ def error_reason(exc: BaseException, limit: int = 200) -> str:
     """The line of an exception's message that says what went wrong (a URLError's reason, torch's unpickler cause)."""
     lines = [line.strip() for line in str(getattr(exc, "reason", None) or exc).strip().splitlines() if line.strip()]
     # torch's weights_only refusal starts with advice; the line that names the cause comes later.
-    specific = [line for line in lines if line.startswith("WeightsUnpickler error")]
+    specific = [line for line in lines
+                if line.startswith("WeightsUnpickler error") or "unsupported global" in line.lower()]
     return (specific or lines or [type(exc).__name__])[0][:limit]

@@ -356,7 +356,7 @@ def test_unwritable_root_is_one_line(case, tmp_path, model_file, capsys):
     (["--camera", "0", "--thresold", "0.5"], "unrecognized arguments: --thresold"),
     (["--camera", "0", "--topk", "many"], "invalid int value: 'many'"),
     (["--camera", "0", "--labels", "/no/such/labels.txt"], "--labels /no/such/labels.txt: no such file"),
-    (["--camera", "0", "--output", "/tmp/my clips/out.mp4"], "cannot hold spaces"),
+    (["--camera", "0", "--threshold", "0.5 0.6"], "cannot hold spaces"),
     (["--source", "/no/such/video.mp4"], "no such video file"),
     (["--camera", "0", "--user", "root"], "never runs as root"),
     (["--camera", "0", "--name", "a/b"], "--name 'a/b'"),

@@ -77,8 +77,11 @@ class OnnxRuntimeBackend:
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self.input_dtype == "float32" and batch.dtype != np.float32:
             batch = batch.astype(np.float32)
-        logits = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return logits.astype(np.float32, copy=False)
+        try:
+            logits = self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidArgument, ...) share no base class
+            raise BackendError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+        return np.asarray(logits).astype(np.float32, copy=False)
 
 
 def set_cpu_threads(options, providers: List, threads: Optional[int]) -> None:

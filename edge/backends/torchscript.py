@@ -67,9 +67,9 @@ class TorchScriptBackend:
             tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
             try:
                 logits = self.module(tensor)
-            except RuntimeError as exc:
+                return logits.float().cpu().numpy()
+            except Exception as exc:  # a scripted raise is torch.jit.Error; a wrong output type AttributeError
                 raise BackendError(f"the TorchScript model failed to run: {_first_line(exc)}") from None
-            return logits.float().cpu().numpy()
 
 
 def _first_line(exc: BaseException) -> str:

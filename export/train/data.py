@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torchvision.transforms as T
 from torch.utils.data import Dataset, default_collate
 
@@ -138,12 +139,27 @@ def spread_across_classes(samples: Sequence[Sample], limit: int) -> List[Sample]
     return picked
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def open_rgb(path: Path):
-    """A PIL RGB image, turned upright by its EXIF orientation, as OpenCV (the device's decoder) does."""
+    """A PIL RGB image, turned upright by its EXIF orientation, as OpenCV (the device's decoder) does.
+
+    16-bit grayscale keeps its high byte, as OpenCV's IMREAD_COLOR does; PIL's own convert("RGB")
+    clips it to 255 instead, and a model trained on white images would meet grey ones on the device.
+    """
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode in SIXTEEN_BIT_MODES:
+            upright = Image.fromarray(high_byte(np.asarray(upright)))
+        return upright.convert("RGB")
+
+
+def high_byte(pixels: np.ndarray) -> np.ndarray:
+    """16-bit samples (in any integer array) as 8-bit: the top 8 bits, as libpng's strip-16 gives OpenCV."""
+    return (np.clip(pixels.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
 
 
 class ImageFiles(Dataset):

@@ -159,6 +159,22 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     return _stats(loss_sum, correct, seen, desc)
 
 
+def refuse_divergence(model: nn.Module, train: EpochStats, val: EpochStats, epoch: int, files: "RunFiles") -> None:
+    """TrainingError when the losses or the weights are no longer finite, before anything of this epoch is saved.
+
+    A NaN model can still score chance accuracy and would be saved as the best; the checkpoints of
+    the last good epoch are kept instead.
+    """
+    finite = math.isfinite(train.loss) and math.isfinite(val.loss) and all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    if finite:
+        return
+    kept = (f"{files.best} and {files.last} hold the last good epoch" if files.last.exists()
+            else "nothing was saved")
+    raise TrainingError(f"training diverged in epoch {epoch} (the loss or the weights are no longer finite); "
+                        f"try a lower --lr; {kept}")
+
+
 def evaluate(model: nn.Module, criterion: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
              desc: str) -> EpochStats:
     model.eval()
@@ -282,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
             train_stats = train_one_epoch(model, criterion, optimizer, train_loader, device, f"{desc} train")
             scheduler.step()
             val_stats = evaluate(model, criterion, val_loader, device, f"{desc} val")
+            refuse_divergence(model, train_stats, val_stats, epoch, files)
             improved = progress.record(_history_row(epoch, lr, train_stats, val_stats, time.perf_counter() - started))
             ckpt = make_checkpoint(model, optimizer, scheduler, settings, folders, val_sample, progress)
             if improved:  # the best first: a "last" file never points at a best one not yet written
