@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -32,12 +32,20 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
 SIZES = ((640, 480), (1920, 1080))  # a USB camera frame, and what a CSI camera gives at 1080p
 
 
-def camera_frames(folder: Path) -> List[Path]:
-    """scikit-image's photos resized to camera frame sizes, saved as JPEG (quality 90)."""
-    from conftest import load_photos
+def load_rgb_photos(folder: Optional[Path]) -> Dict[str, np.ndarray]:
+    """scikit-image's photos (tests/conftest.py), or every image in ``folder`` (for a machine without them)."""
+    if folder is None:
+        from conftest import load_photos
 
+        return load_photos()
+    return {path.stem: cv2.imread(str(path))[..., ::-1].copy() for path in sorted(folder.iterdir())
+            if path.suffix.lower() in (".png", ".jpg", ".jpeg")}
+
+
+def camera_frames(photos: Dict[str, np.ndarray], folder: Path) -> List[Path]:
+    """The photos resized to camera frame sizes, saved as JPEG (quality 90)."""
     paths = []
-    for name, rgb in load_photos().items():
+    for name, rgb in photos.items():
         for width, height in SIZES:
             frame = cv2.resize(rgb[..., ::-1], (width, height), interpolation=cv2.INTER_AREA)
             path = folder / f"{name}_{width}x{height}.jpg"
@@ -155,6 +163,7 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                         help="cpu only to try the script out where there is no GPU")
+    parser.add_argument("--photos", type=Path, help="a folder of photos to use instead of scikit-image's")
     args = parser.parse_args(argv)
     import onnxruntime
     import torch
@@ -166,14 +175,14 @@ def main(argv: List[str] = None) -> int:
         return 0
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(0)}")
-    from conftest import PHOTO_ARCH, fit_photo_model, load_photos
+    from conftest import PHOTO_ARCH, fit_photo_model
     from export.exporter import export_artifact
     from export.zoo import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        frames = camera_frames(folder)
-        photos = load_photos()
+        photos = load_rgb_photos(args.photos)
+        frames = camera_frames(photos, folder)
         names = list(photos)
         fitted = fit_photo_model(PHOTO_ARCH, [photos[n] for n in names])
         fitted_artifacts = {p: export_artifact(fitted, folder / f"fitted_{p}.ts", arch=PHOTO_ARCH, labels=names,
