@@ -9,7 +9,13 @@ pipeline in its own process (ours never loads torch, as on a device):
 - preprocess + infer alone: edge's classify step on frames decoded beforehand (the ceiling for the loop);
 - the loop (``edge.loop.classify_frames``, the code behind ``edge-classify --source``) with JSON lines,
   with human lines, and with JSON plus the overlay video (``--output``);
-- the output step alone: drawing the overlay and formatting the JSON line.
+- the output step alone: drawing the overlay and formatting the JSON line;
+- the loop with the video file read 0, 1, 2 and 4 frames ahead (``--read-ahead``): FPS, frame age, and
+  the process's CPU time per frame (user + system, all threads), with ``--threads`` as given.
+
+``--device cuda`` runs ours on the GPU (onnxruntime's CUDA/TensorRT provider, which needs
+onnxruntime-gpu; or with ``--format ts`` the TorchScript backend on CUDA), for the CPU time per frame
+that a GPU leaves to capture and preprocessing.
 
 Targets (issue 4): loop FPS >= 90% of preprocess+infer alone; overlay/JSON output <= 1 ms a frame.
 Weights are random: speed does not depend on them.
@@ -29,7 +35,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -77,15 +83,27 @@ def measure_seed(artifact: Path, video: Path) -> Dict[str, float]:
     return {"fps": count / elapsed, "frames": count}
 
 
-def measure_ours(artifact: Path, video: Path) -> Dict[str, object]:
+READ_AHEADS = (0, 1, 2, 4)
+DEPTH_ROUNDS = 3  # alternating runs of each read-ahead depth; medians reported
+
+
+def measure_ours(artifact: Path, video: Path, device: str = "cpu", threads: Optional[int] = None) -> Dict[str, object]:
     from edge.classify import Classifier
 
-    classifier = Classifier.open(artifact, device="cpu")
+    classifier = Classifier.open(artifact, device=device, threads=threads)
     frames = decoded_frames(video)
-    result: Dict[str, object] = {"alone_fps": classify_alone(classifier, frames)}
+    result: Dict[str, object] = {"alone_fps": classify_alone(classifier, frames),
+                                 "provider": classifier.backend.provider}
     for name, options in (("json", {"json": True}), ("human", {}),
                           ("json + overlay video", {"json": True, "output": str(video.with_name("out.avi"))})):
         result[name] = run_loop(classifier, video, options)
+    depth_runs: Dict[int, List[Dict[str, object]]] = {depth: [] for depth in READ_AHEADS}
+    for _ in range(DEPTH_ROUNDS):  # alternating, so a change in the machine's load hits every depth alike
+        for depth in READ_AHEADS:
+            depth_runs[depth].append(run_loop(classifier, video, {"json": True, "read_ahead": depth}))
+    for depth, runs in depth_runs.items():
+        result[f"read-ahead {depth}"] = {key: statistics.median(float(r[key]) for r in runs)
+                                         for key in ("fps", "age_p50", "age_p95", "cpu_ms")}
     result["output_alone"] = output_alone(classifier, frames)
     return result
 
@@ -109,12 +127,16 @@ def run_loop(classifier, video: Path, overrides: Dict[str, object]) -> Dict[str,
     from edge.notify import Notifier
     from edge.sources import Grabber, open_capture, parse_source
 
+    from edge.sources import default_read_ahead
+
     options = StreamOptions(stats_interval=0, **overrides)
     stop = threading.Event()
     spec = parse_source(source=str(video))
-    grabber = Grabber(spec, open_capture)
+    read_ahead = default_read_ahead(classifier.backend.provider) if options.read_ahead is None else options.read_ahead
+    grabber = Grabber(spec, open_capture, read_ahead=read_ahead)
     grabber.open_first()
     output = StreamOutput(options, spec.name, stop, video_fps=lambda: FPS)
+    cpu_started = os.times()
     grabber.start()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -123,10 +145,12 @@ def run_loop(classifier, video: Path, overrides: Dict[str, object]) -> Dict[str,
     finally:
         grabber.close()
         output.close()
+    cpu_ended = os.times()
+    cpu_s = (cpu_ended.user - cpu_started.user) + (cpu_ended.system - cpu_started.system)
     ages = times.history.pop("age")
     stages = {name: statistics.median(values) for name, values in times.history.items()}
     return {"fps": times.fps(), "frames": times.frames, "stages": stages, "age_p50": float(np.median(ages)),
-            "age_p95": float(np.percentile(ages, 95))}
+            "age_p95": float(np.percentile(ages, 95)), "cpu_ms": cpu_s * 1e3 / max(times.frames, 1)}
 
 
 def output_alone(classifier, frames: List[np.ndarray]) -> Dict[str, float]:
@@ -146,8 +170,9 @@ def output_alone(classifier, frames: List[np.ndarray]) -> Dict[str, float]:
     return {"overlay": statistics.median(overlay), "json": statistics.median(line)}
 
 
-def in_subprocess(mode: str, artifact: Path, video: Path) -> Dict[str, object]:
-    command = [sys.executable, __file__, "--measure", mode, "--artifact", str(artifact), "--video", str(video)]
+def in_subprocess(mode: str, artifact: Path, video: Path, extra: Sequence[str] = ()) -> Dict[str, object]:
+    command = [sys.executable, __file__, "--measure", mode, "--artifact", str(artifact), "--video", str(video),
+               *extra]
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout)
 
 
@@ -155,13 +180,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--arch", default="mobilenet_v2")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where ours runs the model")
+    parser.add_argument("--threads", type=int, help="edge-classify --threads for ours (default: by provider)")
+    parser.add_argument("--format", choices=("onnx", "ts"), default="onnx", help="the artifact ours runs")
     parser.add_argument("--measure", choices=("seed", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--video", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        measure = measure_seed if args.measure == "seed" else measure_ours
-        print(json.dumps(measure(args.artifact, args.video)))
+        result = (measure_seed(args.artifact, args.video) if args.measure == "seed"
+                  else measure_ours(args.artifact, args.video, args.device, args.threads))
+        print(json.dumps(result))
         return
 
     import torch
@@ -173,13 +202,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         video = make_video(folder, args.frames)
-        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
-                                   labels=[f"class {i}" for i in range(1000)], precision="fp32")
+        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.{args.format}",
+                                   arch=args.arch, labels=[f"class {i}" for i in range(1000)], precision="fp32")
         seed = in_subprocess("seed", artifact, video)
-        ours = in_subprocess("ours", artifact, video)
+        ours = in_subprocess("ours", artifact, video, ["--device", args.device] +
+                             (["--threads", str(args.threads)] if args.threads else []))
     alone = ours["alone_fps"]
-    print(f"{args.arch} FP32 ONNX, CPU ({os.cpu_count()} cores), a {args.frames}-frame 640x480 MJPG video, "
-          f"torch {torch.__version__}, OpenCV {cv2.__version__}")
+    print(f"{args.arch} FP32 {args.format.upper()}, ours on {ours['provider']} "
+          f"(--threads {args.threads or 'default'}), "
+          f"{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}), a {args.frames}-frame 640x480 MJPG "
+          f"video, torch {torch.__version__}, OpenCV {cv2.__version__}")
     print()
     print("| pipeline | FPS | ms/frame | vs preprocess+infer alone |")
     print("|---|---:|---:|---:|")
@@ -197,6 +229,15 @@ def main() -> None:
     print("|" + "---:|" * (len(stages) + 2))
     print("| " + " | ".join(f"{v:.2f}" for v in stages.values()) +
           f" | {ours['json']['age_p50']:.1f} | {ours['json']['age_p95']:.1f} |")
+    print()
+    print(f"A video file read ahead of the model (--read-ahead N; live sources always keep only the newest frame), "
+          f"medians of {DEPTH_ROUNDS} alternating runs:")
+    print()
+    print("| read-ahead | FPS | frame age p50 ms | frame age p95 ms | CPU ms per frame (all threads) |")
+    print("|---:|---:|---:|---:|---:|")
+    for depth in READ_AHEADS:
+        run = ours[f"read-ahead {depth}"]
+        print(f"| {depth} | {run['fps']:.1f} | {run['age_p50']:.1f} | {run['age_p95']:.1f} | {run['cpu_ms']:.2f} |")
     video_out = ours["json + overlay video"]["stages"]["output"]
     print()
     print("| measure | value | target |")

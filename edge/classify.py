@@ -74,10 +74,10 @@ class Classifier:
 
     @classmethod
     def open(cls, model: Path, *, backend: str = "auto", device: str = "auto", labels: Optional[Path] = None,
-             topk: int = 5) -> "Classifier":
+             topk: int = 5, threads: Optional[int] = None) -> "Classifier":
         """Load ``model``; its metadata gives labels and sizes (``labels`` overrides the label names)."""
         try:
-            runtime = open_backend(Path(model), backend, device)
+            runtime = open_backend(Path(model), backend, device, threads)
             spec = spec_from_metadata(runtime.metadata, input_shape=runtime.input_shape,
                                       input_dtype=runtime.input_dtype, num_classes=runtime.num_classes)
             if labels is not None:

@@ -26,6 +26,8 @@ OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[run
                "checkout ('.[runtime,opencv-headless]' without a screen); on a Jetson, "
                "use JetPack's OpenCV (sudo apt install python3-opencv), and in a virtual environment create it "
                "with --system-site-packages so it sees that cv2 (python3 -m venv --system-site-packages ENV)")
+DECODE_MARGIN = 2  # a reduced JPEG decode keeps at least this many times the model's resize side
+
 log = logging.getLogger("edge-classify")
 
 
@@ -34,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-classify",
         description="Classify images, folders, cameras, videos or streams with an exported model.")
     parser.add_argument("--model", type=Path, metavar="FILE",
-                        help="an .onnx or .ts artifact (default: mobilenet_v2 ImageNet FP16 from $EDGE_MODEL or "
-                             "~/.cache/edge-classifier/mobilenet_v2_fp16.onnx, built once if edge-export is here)")
+                        help="an .onnx or .ts artifact (default: mobilenet_v2 ImageNet from $EDGE_MODEL or "
+                             "~/.cache/edge-classifier/mobilenet_v2_fp16.onnx, FP32 where onnxruntime has no GPU; "
+                             "built once if edge-export is here)")
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--image", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     inputs.add_argument("--camera", type=int, metavar="N", help="a V4L2 camera index (/dev/videoN)")
@@ -53,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference runtime (default: by the model's suffix)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where to run the model (default: the GPU when there is one)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for the model's runtime, without busy-waiting (default: onnxruntime's "
+                             "own on a CPU, 1 when a GPU runs the model)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the provider, timings and more")
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
     add_version(parser, __version__)
@@ -76,6 +82,13 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--width", type=int, metavar="W", help="ask the camera for frames W pixels wide")
     group.add_argument("--height", type=int, metavar="H", help="ask the camera for frames H pixels high")
     group.add_argument("--fps", type=float, metavar="F", help="ask the camera for F frames per second")
+    group.add_argument("--csi-resize", action="store_true",
+                       help="csi://: scale frames to the model's resize size in the Jetson's video hardware "
+                            "(frees the CPU; not PIL's filter, so a little less parity: see the README)")
+    group.add_argument("--read-ahead", type=int, metavar="N",
+                       help="frames a video file is decoded ahead of the model (default: 0 when the CPU runs the "
+                            "model, the least lag; 1 with a GPU, decoding beside inference; more adds lag, not "
+                            "speed); live sources always keep only the newest frame")
     group.add_argument("--reconnect", type=_tries, metavar="N|forever",
                        help="tries to get a lost camera or stream back (default 5; forever under systemd)")
     group.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
@@ -148,7 +161,7 @@ def _main(args: argparse.Namespace) -> int:
 
     model = args.model or ensure_default_model()
     classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
-                                 topk=args.topk)
+                                 topk=args.topk, threads=args.threads)
     log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
              classifier.spec.num_classes, classifier.spec.input_kind, classifier.spec.input_side,
              classifier.spec.resize_side, classifier.spec.precision, classifier.backend.provider)
@@ -184,7 +197,9 @@ def classify_one(args: argparse.Namespace, classifier, item, target: Optional[Pa
         if item.error:
             raise ImageError(item.error)
         started = time.perf_counter()
-        frame = read_image(item.path, args.max_pixels)
+        # A large JPEG may be decoded reduced (its DCT does the first shrink), unless the labelled copy is wanted.
+        min_side = None if target is not None else DECODE_MARGIN * classifier.spec.resize_side
+        frame = read_image(item.path, args.max_pixels, min_side=min_side)
         decoded = time.perf_counter()
         prediction = classifier.classify(frame)
         prediction.ms["decode"] = (decoded - started) * 1e3

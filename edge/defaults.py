@@ -1,7 +1,8 @@
 """Where edge-classifier keeps things, and the default model used when ``--model`` is left out.
 
-The default model is mobilenet_v2 with torchvision's ImageNet weights, FP16 ONNX, at ``$EDGE_MODEL``
-or ``~/.cache/edge-classifier/mobilenet_v2_fp16.onnx``. When it is missing and the host-side
+The default model is mobilenet_v2 with torchvision's ImageNet weights as ONNX, at ``$EDGE_MODEL`` or
+``~/.cache/edge-classifier/mobilenet_v2_<precision>.onnx``: FP16 where onnxruntime here has a GPU
+provider (CUDA, TensorRT), FP32 on a CPU-only host (where FP16 runs 1.2-2x slower). When it is missing and the host-side
 ``export`` package is installed, it is built once by running ``edge-export`` in a subprocess (so the
 device side never imports torch itself)::
 
@@ -18,7 +19,7 @@ from typing import List
 
 from .errors import EdgeError
 
-DEFAULT_MODEL_NAME = "mobilenet_v2_fp16.onnx"
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 class DefaultModelError(EdgeError, RuntimeError):
@@ -33,8 +34,21 @@ def cache_root() -> Path:
     return Path(base) / "edge-classifier"
 
 
+def default_precision() -> str:
+    """``fp16`` where onnxruntime here can run the model on a GPU, ``fp32`` on a CPU (FP16 is slower there)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return "fp32"
+    return "fp16" if set(GPU_PROVIDERS) & set(onnxruntime.get_available_providers()) else "fp32"
+
+
+def default_model_name() -> str:
+    return f"mobilenet_v2_{default_precision()}.onnx"
+
+
 def default_model_path() -> Path:
-    return Path(os.environ["EDGE_MODEL"]) if os.environ.get("EDGE_MODEL") else cache_root() / DEFAULT_MODEL_NAME
+    return Path(os.environ["EDGE_MODEL"]) if os.environ.get("EDGE_MODEL") else cache_root() / default_model_name()
 
 
 def export_available() -> bool:
@@ -42,10 +56,10 @@ def export_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("export", "torch", "torchvision", "onnx"))
 
 
-def export_command(path: Path) -> List[str]:
+def export_command(path: Path, precision: str = "fp16") -> List[str]:
     """The edge-export call that builds the default model at ``path``."""
     return [sys.executable, "-m", "export.cli", "--arch", "mobilenet_v2", "--weights", "pretrained",
-            "--precision", "fp16", "--out", str(path)]
+            "--precision", precision, "--out", str(path)]
 
 
 def ensure_default_model() -> Path:
@@ -53,15 +67,18 @@ def ensure_default_model() -> Path:
     path = default_model_path()
     if path.is_file():
         return path
-    how = (f"edge-export --arch mobilenet_v2 --weights pretrained --precision fp16 --out {path}")
+    precision = default_precision()
+    how = (f"edge-export --arch mobilenet_v2 --weights pretrained --precision {precision} --out {path}")
     if not export_available():
         raise DefaultModelError(
             f"no --model given and no default model at {path}: build it on a host with `{how}` and copy it "
             "there (or set EDGE_MODEL), or pass --model FILE")
-    print(f"edge-classify: no --model given; building the default model (mobilenet_v2, ImageNet, FP16) "
-          f"at {path} with edge-export, once", file=sys.stderr, flush=True)
+    why = ("onnxruntime here has a GPU" if precision == "fp16"
+           else "no GPU for onnxruntime here: FP16 is slower on a CPU")
+    print(f"edge-classify: no --model given; building the default model (mobilenet_v2, ImageNet, "
+          f"{precision.upper()}: {why}) at {path} with edge-export, once", file=sys.stderr, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(export_command(path), stdout=subprocess.DEVNULL)
+    result = subprocess.run(export_command(path, precision), stdout=subprocess.DEVNULL)
     if result.returncode != 0 or not path.is_file():
         raise DefaultModelError("could not build the default model (see the line above); pass --model FILE")
     return path

@@ -71,6 +71,8 @@ class StreamOptions:
     benchmark: bool = False
     topk: int = 1
     fleet: Optional[FleetOptions] = None  # --mqtt, --metrics-port (edge.fleet)
+    read_ahead: Optional[int] = None  # a video file's queue depth; None: sources.default_read_ahead
+    csi_resize: bool = False  # csi://: nvvidconv scales to the model's resize size
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StreamOptions":
@@ -79,7 +81,8 @@ class StreamOptions:
                    output=str(args.output) if args.output else None,
                    loop=args.loop, max_frames=args.max_frames, smooth=args.smooth, threshold=args.threshold,
                    reconnect=args.reconnect, stats_interval=args.stats_interval, benchmark=args.benchmark,
-                   topk=args.topk, fleet=FleetOptions.from_args(args))
+                   topk=args.topk, fleet=FleetOptions.from_args(args), read_ahead=args.read_ahead,
+                   csi_resize=args.csi_resize)
 
 
 class Smoother:
@@ -235,12 +238,15 @@ def run_stream(options: StreamOptions, classifier: Classifier, stop: Optional[th
     notifier = Notifier.from_environment()
     try:
         spec = sources.parse_source(camera=options.camera, source=options.source, width=options.width,
-                                    height=options.height, fps=options.fps)
+                                    height=options.height, fps=options.fps,
+                                    csi_resize=classifier.spec.resize_side if options.csi_resize else None)
         _check_options(options, spec)
     except (SourceError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
+    read_ahead = (sources.default_read_ahead(classifier.backend.provider) if options.read_ahead is None
+                  else options.read_ahead)
     grabber = Grabber(spec, sources.open_capture, reconnect=reconnect_policy(options, notifier), loop=options.loop,
-                      on_status=notifier.status)
+                      on_status=notifier.status, read_ahead=read_ahead)
     output: Optional[StreamOutput] = None
     fleet: Optional[FleetOutputs] = None
     with _stop_on_signals(stop):
@@ -401,6 +407,9 @@ def _check_options(options: StreamOptions, spec: SourceSpec) -> None:
         check_not_an_input([Path(options.output)], [Path(str(spec.target))])
     if options.smooth < 1:
         raise ValueError(f"--smooth must be at least 1 frame, not {options.smooth}")
+    if options.read_ahead is not None and (options.read_ahead < 0 or spec.live):
+        raise ValueError(f"--read-ahead must be 0 or more, not {options.read_ahead}" if options.read_ahead < 0 else
+                         f"--read-ahead applies to video files; {spec.name} is live (it keeps only the newest frame)")
     if not 0.0 <= options.threshold <= 1.0:
         raise ValueError(f"--threshold is a probability between 0 and 1, not {options.threshold}")
     if options.max_frames is not None and options.max_frames < 1:

@@ -11,7 +11,9 @@ thread reads it and hands the loop frames stamped at capture::
 
 A live source keeps only the newest frame, so a slow model never works on a stale one; the frames it
 overwrites are counted in ``grabber.dropped``. A video file is read in order, every frame, through a
-small bounded queue (decoding overlaps inference). A live source that fails is reopened with
+small bounded queue: ``read_ahead`` frames are decoded ahead of the model (see
+:func:`default_read_ahead`; a deeper queue adds its depth in frame age and no speed; 0 decodes a
+frame only when the loop asks: the least lag, no overlap). A live source that fails is reopened with
 backoff, a bounded number of times or forever (``Reconnect(tries=None)``, as under systemd). The
 tries count failures since frames last flowed for ``GOOD_WINDOW_S``: a stream that opens, sends a
 few frames and stalls again uses them up instead of being reconnected forever. A read stuck in the
@@ -29,7 +31,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, Iterator, Optional, Union
+from typing import Callable, Deque, Iterator, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -39,11 +41,12 @@ from .errors import EdgeError
 
 log = logging.getLogger(__name__)
 
-ORDERED_QUEUE = 4  # frames a video file's reader may run ahead of the model
+READ_AHEAD = 1  # frames a video file's reader may decode ahead of a model on a GPU (see default_read_ahead)
 STREAM_OPEN_TIMEOUT_MS, STREAM_READ_TIMEOUT_MS = 10_000, 5_000
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
 GOOD_WINDOW_S = 10.0  # frames flowing this long after a reconnect: the source is back, its tries are renewed
 CSI_DEFAULT = (1280, 720, 30)
+CSI_INTERPOLATION = 2  # nvvidconv interpolation-method: 0 nearest (its default), 1 bilinear, 2 5-tap, 3 10-tap
 GSTREAMER_HINT = ("this OpenCV has no GStreamer support (pip's opencv-python wheels have none): on a Jetson use "
                   "JetPack's OpenCV (sudo apt install python3-opencv; in a venv, create it with "
                   "--system-site-packages and pip uninstall opencv-python opencv-python-headless)")
@@ -109,9 +112,17 @@ class Reconnect:
 
 
 def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, width: Optional[int] = None,
-                 height: Optional[int] = None, fps: Optional[float] = None) -> SourceSpec:
-    """``--camera N`` or ``--source URI`` as a :class:`SourceSpec` (SourceError for a file that is not there)."""
+                 height: Optional[int] = None, fps: Optional[float] = None,
+                 csi_resize: Optional[int] = None) -> SourceSpec:
+    """``--camera N`` or ``--source URI`` as a :class:`SourceSpec` (SourceError for a file that is not there).
+
+    ``csi_resize``: for ``csi://``, let the Jetson's video hardware shrink frames so their shorter side
+    is this (see :func:`csi_pipeline`); a usage error for any other source.
+    """
     size = dict(width=width, height=height, fps=fps)
+    if csi_resize and not re.fullmatch(r"csi://\d+", (source or "").strip()):
+        raise SourceError(f"--csi-resize scales in a Jetson CSI camera's pipeline; "
+                          f"{source or f'camera {camera}'} is not csi://N")
     if camera is not None:
         return SourceSpec(f"/dev/video{camera}", "camera", camera, _v4l2(), **size)
     assert source is not None
@@ -122,7 +133,8 @@ def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, 
         raise SourceError(str(exc)) from None
     if parsed.kind == "csi":
         _require_gstreamer("csi://")
-        return SourceSpec(text, "csi", csi_pipeline(parsed.index, width, height, fps), cv2.CAP_GSTREAMER, **size)
+        return SourceSpec(text, "csi", csi_pipeline(parsed.index, width, height, fps, csi_resize),
+                          cv2.CAP_GSTREAMER, **size)
     if parsed.kind == "camera":  # /dev/videoN opens by path, a bare N by index
         if text.isdigit():
             return SourceSpec(f"/dev/video{text}", "camera", int(text), _v4l2(), **size)
@@ -139,12 +151,43 @@ def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, 
     return SourceSpec(text, "file", str(path), cv2.CAP_ANY, **size)
 
 
-def csi_pipeline(sensor: int, width: Optional[int], height: Optional[int], fps: Optional[float]) -> str:
-    """The Jetson CSI camera pipeline: Argus capture in NVMM, converted to BGR, newest buffer only."""
+def default_read_ahead(provider: str) -> int:
+    """A video file's read-ahead when ``--read-ahead`` is not given, by what runs the model.
+
+    0 on a CPU: decoding ahead competes with the model for the same cores, so it bought no speed and
+    added a frame of age (measured on a shared 2-core host: 91 FPS and 4.5 ms age at 0, 81 FPS and
+    17 ms at 1). 1 on a GPU, where decoding the next frame on the CPU overlaps inference.
+    """
+    return 0 if provider.lower().startswith("cpu") else READ_AHEAD
+
+
+def csi_pipeline(sensor: int, width: Optional[int], height: Optional[int], fps: Optional[float],
+                 resize: Optional[int] = None) -> str:
+    """The Jetson CSI camera pipeline: Argus capture in NVMM, converted to BGR, newest buffer only.
+
+    With ``resize``, nvvidconv also scales the frame (in the VIC, not on the CPU) to the size
+    torchvision's ``Resize(resize)`` gives it, so the CPU only crops. Its filter is not PIL's: we ask
+    for its 5-tap filter (``interpolation-method=2``; the default is nearest neighbour, which aliases);
+    the parity this costs is in the README.
+    """
     w, h, f = width or CSI_DEFAULT[0], height or CSI_DEFAULT[1], int(round(fps or CSI_DEFAULT[2]))
+    scaler = "nvvidconv ! video/x-raw, format=BGRx"
+    if resize:
+        out_w, out_h = hardware_size(w, h, resize)
+        scaler = (f"nvvidconv interpolation-method={CSI_INTERPOLATION} ! "
+                  f"video/x-raw, width={out_w}, height={out_h}, format=BGRx")
     return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={w}, height={h}, "
-            f"framerate={f}/1, format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
+            f"framerate={f}/1, format=NV12 ! {scaler} ! videoconvert ! "
             f"video/x-raw, format=BGR ! appsink drop=1 max-buffers=1 sync=false")
+
+
+def hardware_size(width: int, height: int, resize: int) -> Tuple[int, int]:
+    """``(width, height)`` after torchvision's ``Resize(resize)``: the shorter side ``resize`` (never enlarged)."""
+    if min(width, height) <= resize:
+        return width, height
+    if width <= height:
+        return resize, int(resize * height / width)
+    return int(resize * width / height), resize
 
 
 def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
@@ -204,13 +247,28 @@ def _cannot_open(spec: SourceSpec) -> str:
 class FrameBuffer:
     """Frames from the grabber thread to the loop: newest-only (live) or a bounded FIFO (a file)."""
 
-    def __init__(self, latest_only: bool) -> None:
+    def __init__(self, latest_only: bool, read_ahead: int = READ_AHEAD) -> None:
+        if read_ahead < 0:
+            raise ValueError(f"--read-ahead must be 0 or more, not {read_ahead}")
         self.latest_only = latest_only
         self._frames: Deque[Frame] = deque()
-        self._capacity = 1 if latest_only else ORDERED_QUEUE
+        self._capacity = 1 if latest_only else read_ahead
         self._cond = threading.Condition()
         self._closed = False
+        self._waiting = 0  # consumers blocked in get(): with read-ahead 0, what lets the reader read
         self.dropped = 0
+
+    def wait_for_room(self, stop: threading.Event) -> None:
+        """Before reading a file's next frame: wait until fewer than ``read_ahead`` frames are queued
+        (with 0, until the loop asks for one), so no frame waits longer than it must."""
+        with self._cond:
+            while not self._has_room() and not stop.is_set() and not self._closed:
+                self._cond.wait(0.1)
+
+    def _has_room(self) -> bool:
+        if self._capacity == 0:
+            return not self._frames and self._waiting > 0
+        return len(self._frames) < self._capacity
 
     def put(self, frame: Frame, stop: threading.Event) -> None:
         """Add a frame; live: replace an unread one (counted as dropped); file: wait for room."""
@@ -219,7 +277,7 @@ class FrameBuffer:
                 self.dropped += len(self._frames)
                 self._frames.clear()
             else:
-                while len(self._frames) >= self._capacity and not stop.is_set() and not self._closed:
+                while len(self._frames) >= max(self._capacity, 1) and not stop.is_set() and not self._closed:
                     self._cond.wait(0.1)
             self._frames.append(frame)
             self._cond.notify_all()
@@ -228,7 +286,12 @@ class FrameBuffer:
         """The next frame, or None after ``timeout`` seconds or once closed and empty."""
         with self._cond:
             if not self._frames and not self._closed:
-                self._cond.wait(timeout)
+                self._waiting += 1
+                self._cond.notify_all()
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._waiting -= 1
             if not self._frames:
                 return None
             frame = self._frames.popleft()
@@ -250,13 +313,13 @@ class Grabber:
 
     def __init__(self, spec: SourceSpec, opener: Callable[[SourceSpec], "cv2.VideoCapture"], *,
                  reconnect: Reconnect = Reconnect(), loop: bool = False,
-                 on_status: Callable[[str], None] = lambda text: None) -> None:
+                 on_status: Callable[[str], None] = lambda text: None, read_ahead: int = READ_AHEAD) -> None:
         self.spec = spec
         self._open = opener
         self.reconnect = reconnect
         self.loop = loop
         self._on_status = on_status
-        self._buffer = FrameBuffer(latest_only=spec.live)
+        self._buffer = FrameBuffer(latest_only=spec.live, read_ahead=read_ahead)
         self._stop = threading.Event()
         self._generation = 0  # bumped when a stuck reader is left behind; its late frames are dropped
         self._thread = threading.Thread(target=self._run, args=(0,), name="edge-grabber", daemon=True)
@@ -342,6 +405,10 @@ class Grabber:
                 self._buffer.close()
 
     def _read_one(self, generation: int) -> None:
+        if not self.spec.live:
+            self._buffer.wait_for_room(self._stop)
+            if self._stop.is_set() or generation != self._generation:
+                return
         capture = self._capture
         started = time.monotonic()
         ok, image = capture.read()

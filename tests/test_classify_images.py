@@ -112,7 +112,9 @@ def test_default_model_from_the_cache(artifacts, photo_dir, tmp_path, monkeypatc
     monkeypatch.delenv("EDGE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     (tmp_path / "edge-classifier").mkdir()
-    shutil.copy(artifacts["onnx16"], tmp_path / "edge-classifier" / "mobilenet_v2_fp16.onnx")
+    import edge.defaults
+
+    shutil.copy(artifacts["onnx16"], tmp_path / "edge-classifier" / edge.defaults.default_model_name())
     code, records, _ = run_json(capsys, "--image", str(photo_dir / "chelsea.jpg"))
     assert code == 0 and records[0]["label"] == "chelsea"
     monkeypatch.setenv("EDGE_MODEL", str(artifacts["ts"]))
@@ -126,6 +128,7 @@ def test_default_model_missing_without_export_says_how_to_get_it(photo_dir, tmp_
     monkeypatch.delenv("EDGE_MODEL", raising=False)
     monkeypatch.setenv("EDGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(edge.defaults, "export_available", lambda: False)
+    monkeypatch.setattr(edge.defaults, "default_precision", lambda: "fp16")  # as on a Jetson
     code = main(["--image", str(photo_dir / "chelsea.jpg")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
@@ -142,16 +145,30 @@ def test_default_model_is_built_once_when_export_is_here(photo_dir, tmp_path, mo
     monkeypatch.setenv("EDGE_CACHE", str(tmp_path / "cache"))
     real = edge.defaults.export_command
     monkeypatch.setattr(edge.defaults, "export_command",
-                        lambda path: [a if a != "pretrained" else "none" for a in real(path)] + ["--precision", "fp32"])
+                        lambda path, precision: [a if a != "pretrained" else "none" for a in real(path, precision)])
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = main(["--image", str(photo_dir / "chelsea.jpg")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "building the default model" in captured.err
-    assert (tmp_path / "cache" / "mobilenet_v2_fp16.onnx").is_file()
+    assert "building the default model (mobilenet_v2, ImageNet, FP32: no GPU for onnxruntime here" in captured.err
+    assert (tmp_path / "cache" / "mobilenet_v2_fp32.onnx").is_file()  # this test host has no GPU
     assert captured.out.startswith(f"{photo_dir / 'chelsea.jpg'}: ")
     main(["--image", str(photo_dir / "chelsea.jpg")])
     assert "building" not in capsys.readouterr().err  # once
+
+
+@pytest.mark.parametrize("providers,precision", [(["CPUExecutionProvider"], "fp32"),
+                                                 (["CUDAExecutionProvider", "CPUExecutionProvider"], "fp16"),
+                                                 (["TensorrtExecutionProvider", "CPUExecutionProvider"], "fp16")])
+def test_default_model_is_fp32_without_a_gpu(providers, precision, monkeypatch):
+    import onnxruntime
+
+    import edge.defaults
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    assert edge.defaults.default_precision() == precision
+    assert edge.defaults.default_model_name() == f"mobilenet_v2_{precision}.onnx"
+    assert edge.defaults.export_command(Path("m.onnx"), precision)[-3:] == [precision, "--out", "m.onnx"]
 
 
 @pytest.fixture()

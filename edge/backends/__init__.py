@@ -59,8 +59,11 @@ def backend_for(path: Path) -> str:
                        f"(expected {known}; or pass --backend)")
 
 
-def open_backend(path: Path, backend: str = "auto", device: str = "auto") -> Backend:
-    """Load ``path`` with ``backend`` (``auto``: by suffix) on ``device`` (``auto``: the GPU if there is one)."""
+def open_backend(path: Path, backend: str = "auto", device: str = "auto", threads: Optional[int] = None) -> Backend:
+    """Load ``path`` with ``backend`` (``auto``: by suffix) on ``device`` (``auto``: the GPU if there is one).
+
+    ``threads``: CPU threads for the runtime (None: its default for the device; see each backend).
+    """
     path = Path(path)
     if not path.is_file():
         raise BackendError(f"model file not found: {path}")
@@ -71,4 +74,4 @@ def open_backend(path: Path, backend: str = "auto", device: str = "auto") -> Bac
         raise BackendError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     module_name, class_name, _ = BACKENDS[name]
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(path, device=device)
+    return cls(path, device=device, threads=threads)

@@ -5,6 +5,11 @@
 
 A TensorRT engine built on one machine does not load on another, so the engine cache lives in a
 folder named after the model file's hash, the TensorRT version and the GPU.
+
+CPU threads: when the GPU runs the model, onnxruntime's intra-op pool gets one thread and does not
+spin (spinning threads only take cores from capture and preprocessing); on a CPU the pool keeps
+onnxruntime's defaults (one thread per core, spinning), which won on an idle host. ``threads=N``
+(``--threads``) sets the pool's size and turns spinning off, for a host shared with other work.
 """
 
 
@@ -29,6 +34,8 @@ log = logging.getLogger(__name__)
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+GPU_INTRA_OP_THREADS = 1  # with CUDA/TensorRT the CPU part of the graph is a few small ops
+NO_SPINNING = ("session.intra_op.allow_spinning", "0")  # a session config entry since onnxruntime 1.x
 INSTALL_HINT = ("onnxruntime is not installed: pip install '.[runtime]' in the edge-classifier checkout "
                 "(on a Jetson, install NVIDIA's onnxruntime-gpu wheel for your JetPack)")
 
@@ -36,7 +43,7 @@ INSTALL_HINT = ("onnxruntime is not installed: pip install '.[runtime]' in the e
 class OnnxRuntimeBackend:
     """An ONNX artifact in an onnxruntime session."""
 
-    def __init__(self, path: Path, device: str = "auto") -> None:
+    def __init__(self, path: Path, device: str = "auto", threads: Optional[int] = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -45,6 +52,7 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: provider fallbacks are reported by us
+        set_cpu_threads(options, providers, threads)
         report_placement = log.isEnabledFor(logging.DEBUG)
         if report_placement:  # the profile is the one place onnxruntime says which provider runs each node
             options.enable_profiling = True
@@ -74,6 +82,25 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidArgument, ...) share no base class
             raise BackendError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
         return np.asarray(logits).astype(np.float32, copy=False)
+
+
+def set_cpu_threads(options, providers: List, threads: Optional[int]) -> None:
+    """Size onnxruntime's CPU pool: ``threads`` if given, one with a GPU provider, else its defaults.
+
+    Without spinning whenever we size it: a spinning pool keeps its cores busy between runs, and
+    with a GPU or other work on the host those cores are what capture and preprocessing need.
+    """
+    gpu = bool(providers) and _provider_name(providers[0]) != CPU
+    if threads is not None and threads < 1:
+        raise BackendError(f"--threads must be at least 1, not {threads}")
+    if threads is None and not gpu:
+        return
+    options.intra_op_num_threads = threads or GPU_INTRA_OP_THREADS
+    options.add_session_config_entry(*NO_SPINNING)
+
+
+def _provider_name(provider) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
 
 
 def choose_providers(available: List[str], device: str, model: Path, ort_version: str = "1.10.0") -> List:

@@ -25,12 +25,16 @@ INSTALL_HINT = ("torch is not installed: a .ts model needs PyTorch (on a Jetson,
 class TorchScriptBackend:
     """A TorchScript artifact loaded with ``torch.jit.load``."""
 
-    def __init__(self, path: Path, device: str = "auto") -> None:
+    def __init__(self, path: Path, device: str = "auto", threads: Optional[int] = None) -> None:
         try:
             import torch
         except ImportError:
             raise BackendError(INSTALL_HINT) from None
         self._torch = torch
+        if threads is not None:
+            if threads < 1:
+                raise BackendError(f"--threads must be at least 1, not {threads}")
+            torch.set_num_threads(threads)
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendError("--device cuda: torch sees no CUDA GPU")
         self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"

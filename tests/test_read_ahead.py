@@ -1,0 +1,71 @@
+"""A video file's read-ahead: the reader decodes at most N frames before the loop takes them (0: on demand)."""
+
+import time
+
+import numpy as np
+import pytest
+
+from edge.cli import main
+from edge.sources import READ_AHEAD, FrameBuffer, Grabber, SourceSpec, default_read_ahead
+
+
+class CountingVideo:
+    """A video file of ``frames`` tiny frames that counts how many were decoded."""
+
+    def __init__(self, frames: int) -> None:
+        self.left, self.reads = frames, 0
+
+    def read(self):
+        if self.left <= 0:
+            return False, None
+        self.left -= 1
+        self.reads += 1
+        return True, np.full((4, 4, 3), self.reads, np.uint8)
+
+    def get(self, prop):
+        return 0.0
+
+    def release(self):
+        pass
+
+
+def reads_after(video: CountingVideo, settle_s: float = 0.3) -> int:
+    time.sleep(settle_s)
+    return video.reads
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_reader_stays_at_most_read_ahead_frames_ahead(depth):
+    video = CountingVideo(20)
+    spec = SourceSpec("clip.avi", "file", "clip.avi", 0)
+    grabber = Grabber(spec, lambda _spec: video, read_ahead=depth)
+    grabber.open_first()
+    grabber.start()
+    try:
+        assert reads_after(video) == depth  # nobody took a frame yet
+        frames = [grabber.next(timeout=1.0) for _ in range(5)]
+        assert [f.number for f in frames] == [0, 1, 2, 3, 4]  # every frame, in order
+        assert reads_after(video) == 5 + depth
+    finally:
+        grabber.close()
+
+
+def test_live_sources_keep_only_the_newest_frame_whatever_the_depth():
+    buffer = FrameBuffer(latest_only=True, read_ahead=4)
+    assert buffer._capacity == 1
+    with pytest.raises(ValueError, match="0 or more"):
+        FrameBuffer(latest_only=False, read_ahead=-1)
+    assert READ_AHEAD == 1
+
+
+@pytest.mark.parametrize("provider,depth", [("CPUExecutionProvider", 0), ("cpu", 0), ("CUDAExecutionProvider", 1),
+                                            ("TensorrtExecutionProvider", 1), ("cuda", 1)])
+def test_default_depth_by_what_runs_the_model(provider, depth):
+    """On a CPU, decoding ahead competes with the model for the cores; on a GPU it overlaps inference."""
+    assert default_read_ahead(provider) == depth
+
+
+def test_read_ahead_is_refused_for_a_live_source(photo_onnx, capsys):
+    code = main(["--model", str(photo_onnx), "--camera", "0", "--read-ahead", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--read-ahead" in err
