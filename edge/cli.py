@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from . import __version__
+from .argtypes import positive_int
 from .errors import EXIT_FAILED as EXIT_SOME_FAILED
 from .errors import EXIT_OK, EXIT_USAGE, EdgeError, add_version, parse_arguments, run_guarded
 from .fleet import add_fleet_arguments, check_fleet_arguments
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="one JSON object per image or frame on stdout")
     parser.add_argument("--output", type=Path, metavar="PATH",
                         help="write the labelled image (a folder for several images) or video")
-    parser.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                         help="refuse images whose header says more than N pixels, before decoding them "
                              "(default 100000000: 100 MP fits a 4 GB Jetson Nano)")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "torchscript"), default="auto",
@@ -104,13 +105,6 @@ def _tries(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, or forever, not {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
     return value
 
 

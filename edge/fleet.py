@@ -9,7 +9,7 @@ frame and hands each frame over::
     fleet.frame(record, prediction, stages_ms, age_ms, fps)                     # per frame, never blocks
     fleet.close()
 
-Both are optional extras (``edge-classifier[mqtt]``, ``[metrics]``), imported only when their flag is
+Both are optional extras (``.[mqtt]``, ``[metrics]``), imported only when their flag is
 given. ``--mqtt-every`` decides which frames are published: ``change`` (the label changed, as the
 console prints), ``frame`` (all) or ``N`` (every Nth); with ``change`` or ``N`` the newest result is
 also re-sent after ``--mqtt-heartbeat`` seconds without a message, so a subscriber can tell a

@@ -418,7 +418,8 @@ def _check_options(options: StreamOptions, spec: SourceSpec) -> None:
         raise ValueError("--fullscreen goes with --display")
     if options.display and not sources.opencv_has_gui():
         raise ValueError("--display: this OpenCV has no GUI support (opencv-python-headless): pip uninstall "
-                         "opencv-python-headless, then pip install 'edge-classifier[desktop]'; or use --output FILE")
+                         "opencv-python-headless, then pip install '.[desktop]' in the edge-classifier checkout; "
+                         "or use --output FILE")
 
 
 @contextlib.contextmanager

@@ -159,5 +159,6 @@ def _import_prometheus() -> Any:
     try:
         import prometheus_client
     except ImportError:
-        raise MetricsError("--metrics-port needs prometheus_client: pip install 'edge-classifier[metrics]'") from None
+        raise MetricsError("--metrics-port needs prometheus_client: pip install '.[metrics]' in the edge-classifier "
+                           "checkout") from None
     return prometheus_client

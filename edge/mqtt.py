@@ -423,5 +423,5 @@ def require_paho() -> Any:
     try:
         import paho.mqtt.client as mqtt
     except ImportError:
-        raise PublisherError("--mqtt needs paho-mqtt: pip install 'edge-classifier[mqtt]'") from None
+        raise PublisherError("--mqtt needs paho-mqtt: pip install '.[mqtt]' in the edge-classifier checkout") from None
     return mqtt

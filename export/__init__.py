@@ -1,6 +1,6 @@
 """Host side of edge-classifier: fine-tune torchvision classifiers and export them as artifacts.
 
-Needs the ``export`` extra (torch, torchvision, onnx): ``pip install "edge-classifier[export]"``.
+Needs the ``export`` extra (torch, torchvision, onnx): ``pip install ".[export]" in the edge-classifier checkout``.
 """
 
 from edge import __version__  # one version for the one distribution

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from edge import contract
+from edge.argtypes import (fraction, non_negative_float, non_negative_int, positive_float, positive_int,
+                            probability)
 from edge.errors import EXIT_USAGE, EdgeError, add_version, parse_arguments, run_guarded
 
 from . import __version__
@@ -31,7 +32,7 @@ from .errors import ExportError
 
 log = logging.getLogger("edge-export")
 
-EXTRA_HINT = "{} needs the export extra: pip install 'edge-classifier[export]'"
+EXTRA_HINT = "{} needs the export extra: pip install '.[export]' in the edge-classifier checkout"
 EXPORT_EXTRA_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "skimage", "matplotlib", "numpy", "PIL")
 
 
@@ -52,19 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, metavar="CKPT",
                         help="an edge-train checkpoint: arch, labels and sizes come from it")
     parser.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
-    parser.add_argument("--num-classes", type=_positive_int, metavar="N",
+    parser.add_argument("--num-classes", type=positive_int, metavar="N",
                         help="replace the head with an N-class one (default: what the weights or --labels have)")
     parser.add_argument("--precision", choices=contract.PRECISIONS, default="fp16",
                         help="weights and arithmetic precision; input stays uint8 and logits float32 (default fp16)")
     parser.add_argument("--input", dest="input_kind", choices=contract.INPUT_KINDS, default=contract.INPUT_UINT8,
                         help="uint8: NHWC RGB pixels, normalised inside the graph (default); float: plain NCHW "
                              "float32 normalised input (the tensorrt and jetson-inference targets pick their own)")
-    parser.add_argument("--opset", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--opset", type=positive_int, default=None, metavar="N",
                         help="ONNX opset (default 13: loads in JetPack 4.6's TensorRT 8.2 and onnxruntime 1.11; "
                              "18 or more uses torch's new exporter)")
     parser.add_argument("--verify-images", type=Path, metavar="DIR",
                         help="photos to verify on (default: the checkpoint's val images, else built-in photos)")
-    parser.add_argument("--tolerance", type=_probability, metavar="P",
+    parser.add_argument("--tolerance", type=probability, metavar="P",
                         help="the largest softmax probability difference from the eager model accepted on a "
                              "verification photo by the artifact alone (default 0.001 for fp32, 0.02 for fp16)")
     parser.add_argument("--out", type=Path, action="append", required=True, metavar="FILE",
@@ -252,75 +253,31 @@ def build_train_parser() -> argparse.ArgumentParser:
              "file or edge-train checkpoint (its head is replaced when the classes differ) (default pretrained)")
     add("--mode", choices=("finetune", "features"),
         help="finetune: train every layer; features: train only the new head on the frozen backbone (default finetune)")
-    add("--freeze", type=_non_negative_int, metavar="N", help="with finetune, freeze the first N blocks of the backbone")
-    add("--epochs", type=_positive_int, metavar="N", help=f"epochs to train in all (default {DEFAULTS['epochs']})")
-    add("--batch-size", type=_positive_int, metavar="N", help=f"images per step (default {DEFAULTS['batch_size']})")
-    add("--lr", type=_positive_float, metavar="LR", help=f"SGD learning rate (default {DEFAULTS['lr']})")
-    add("--momentum", type=_non_negative_float, metavar="M", help=f"SGD momentum (default {DEFAULTS['momentum']})")
-    add("--step-size", type=_positive_int, metavar="N",
+    add("--freeze", type=non_negative_int, metavar="N", help="with finetune, freeze the first N blocks of the backbone")
+    add("--epochs", type=positive_int, metavar="N", help=f"epochs to train in all (default {DEFAULTS['epochs']})")
+    add("--batch-size", type=positive_int, metavar="N", help=f"images per step (default {DEFAULTS['batch_size']})")
+    add("--lr", type=positive_float, metavar="LR", help=f"SGD learning rate (default {DEFAULTS['lr']})")
+    add("--momentum", type=non_negative_float, metavar="M", help=f"SGD momentum (default {DEFAULTS['momentum']})")
+    add("--step-size", type=positive_int, metavar="N",
         help=f"multiply the learning rate by --gamma every N epochs (default {DEFAULTS['step_size']})")
-    add("--gamma", type=_positive_float, metavar="G",
+    add("--gamma", type=positive_float, metavar="G",
         help=f"what the learning rate is multiplied by every --step-size epochs (default {DEFAULTS['gamma']})")
-    add("--image-size", type=_positive_int, metavar="S",
+    add("--image-size", type=positive_int, metavar="S",
         help=f"the model's input side; validation resizes to round(S / {contract.CROP_FRACTION}) and crops S (default: the "
              "architecture's, 224 or 299)")
     add("--augment", choices=("default", "none"),
         help="default: RandomResizedCrop + horizontal flip; none: the validation Resize + CenterCrop, for images "
              "that crops or mirroring would spoil (digits, text) (default default)")
-    add("--val-fraction", type=_fraction, metavar="F",
+    add("--val-fraction", type=fraction, metavar="F",
         help=f"without a val/ folder, the fraction of each class kept for validation (default {DEFAULT_VAL_FRACTION})")
     add("--seed", type=int, metavar="N", help="seeds the split, the initialisation and the data order (default 0)")
-    add("--workers", type=_non_negative_int, metavar="N",
+    add("--workers", type=non_negative_int, metavar="N",
         help=f"data-loading processes (default {DEFAULTS['workers']} here)")
     add("--device", choices=("auto", "cuda", "cpu"), help="default auto: the GPU when torch sees one")
     add("--resume", type=Path, metavar="CKPT", help="go on from a checkpoint, normally runs/x.last.pt")
     add("-v", "--verbose", action="store_true", help="log more; a traceback for an unexpected error")
     add_version(parser, __version__)
     return parser
-
-
-# ---------------------------------------------------------------------------------------------- argument types
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, not {text}")
-    return value
 
 
 if __name__ == "__main__":

@@ -123,7 +123,8 @@ def require_opencv() -> None:
         import cv2  # noqa: F401
     except ImportError:
         raise VerificationError("edge-export verifies each artifact with edge-classify's own preprocessing, which "
-                                "needs OpenCV: pip install 'edge-classifier[opencv-headless]' (or [desktop])") from None
+                                "needs OpenCV: pip install '.[opencv-headless]' in the edge-classifier checkout "
+                                "(or [desktop])") from None
 
 
 def builtin_frames() -> List[Tuple[str, np.ndarray]]:

@@ -36,7 +36,7 @@ CLIP_FRAMES = 90
 def broker_factory(tmp_path):
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install 'edge-classifier[mqtt]')")
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install '.[mqtt]' in the edge-classifier checkout)")
     started: List[Broker] = []
 
     def make(password_file: Optional[Path] = None, extra: Optional[List[str]] = None) -> Broker:
@@ -359,9 +359,9 @@ def test_a_missing_extra_names_it(colour_model, clip, tmp_path):
                                               "sys.modules['prometheus_client'] = None\n")
     environ = {"PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"}
     mqtt = run_cli("--model", colour_model, "--source", clip, "--mqtt", "mqtt://127.0.0.1/edge", "-q", env=environ)
-    assert mqtt.returncode == 2 and "edge-classifier[mqtt]" in mqtt.stderr and mqtt.stderr.count("\n") == 1
+    assert mqtt.returncode == 2 and "'.[mqtt]'" in mqtt.stderr and mqtt.stderr.count("\n") == 1
     metrics = run_cli("--model", colour_model, "--source", clip, "--metrics-port", "0", "-q", env=environ)
-    assert metrics.returncode == 2 and "edge-classifier[metrics]" in metrics.stderr
+    assert metrics.returncode == 2 and "'.[metrics]'" in metrics.stderr
 
 
 def test_topic_names_and_urls():

@@ -19,7 +19,7 @@ VERMIN = [sys.executable, "-c", "import sys; from vermin.main import main; sys.e
 
 
 def test_device_code_needs_nothing_newer_than_python_3_6():
-    pytest.importorskip("vermin", reason="pip install 'edge-classifier[test]' for the Python 3.6 check")
+    pytest.importorskip("vermin", reason="pip install '.[test]' in the edge-classifier checkout for the Python 3.6 check")
     done = subprocess.run(VERMIN + list(DEVICE_CODE), cwd=str(REPO), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
     assert done.returncode == 0, f"device code uses Python > 3.6 features:\n{done.stdout}"

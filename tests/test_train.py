@@ -249,7 +249,7 @@ def test_missing_torch_names_the_extra(tmp_path):
     code = "import sys; sys.modules['torch'] = None; from export.cli import train_main; sys.exit(train_main(['--help']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2
-    assert result.stderr.startswith("edge-train: ") and "pip install 'edge-classifier[export]'" in result.stderr
+    assert result.stderr.startswith("edge-train: ") and "pip install '.[export]' in the edge-classifier checkout" in result.stderr
     assert result.stderr.count("\n") == 1
 
 
@@ -296,7 +296,7 @@ def _bad_inputs(tmp_path: Path, small: Path) -> Dict[str, tuple]:
         "freeze with features": (data + ["--mode", "features", "--freeze", "2"], "--freeze goes with --mode finetune"),
         "image too small": (data + ["--arch", "alexnet", "--weights", "none", "--image-size", "32"],
                             "--image-size 32 is too small for alexnet"),
-        "bad flag value": (data + ["--epochs", "0"], "must be a positive integer"),
+        "bad flag value": (data + ["--epochs", "0"], "must be at least 1"),
     }
 
 

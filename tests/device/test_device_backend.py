@@ -1,7 +1,5 @@
 """onnxruntime version awareness: provider options each version accepts, and the node placement report."""
 
-import logging
-
 import pytest
 
 from edge.backends import onnxruntime as ort_backend

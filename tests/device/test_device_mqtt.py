@@ -3,7 +3,7 @@
 The bundle's photo model on its clip, replayed with --loop (a camera's pace on a CPU), the installed
 console script in a process of its own: one message per frame, the metrics scraped and parsed, and
 nothing missing when the broker is stopped mid-run and started again. Skipped, saying why, without
-the ``mosquitto`` binary or the extras (``pip install 'edge-classifier[mqtt,metrics]'``).
+the ``mosquitto`` binary or the extras (``pip install '.[mqtt,metrics]' in the edge-classifier checkout``).
 """
 
 import json
@@ -16,9 +16,9 @@ from mqtt_broker import MOSQUITTO, Broker, Subscriber, free_port, scrape
 
 from .conftest import command
 
-pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install 'edge-classifier[mqtt]')")
+pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install '.[mqtt]' in the edge-classifier checkout)")
 pytest.importorskip("prometheus_client", reason="prometheus_client is not installed "
-                                                "(pip install 'edge-classifier[metrics]')")
+                                                "(pip install '.[metrics]' in the edge-classifier checkout)")
 if MOSQUITTO is None:
     pytest.skip("mosquitto is not installed (apt-get install mosquitto)", allow_module_level=True)
 
