@@ -206,6 +206,8 @@ def classify_one(args: argparse.Namespace, classifier, item, target: Optional[Pa
             print(format_line(item.source, prediction, args.topk), flush=True)
         if target is not None:
             write_image_atomic(target, draw_label(frame, prediction))
+    except BrokenPipeError:  # stdout's reader has gone (`| head`): not this image's fault, stop the run
+        raise
     except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:  # a bad image, an unwritable output
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         print(f"edge-classify: {printable(item.source)}: {printable(reason)}", file=sys.stderr, flush=True)

@@ -14,10 +14,12 @@ Standard library only: the host side imports it too.
 """
 
 import argparse
+import os
 import sys
 from typing import Callable, Optional, Sequence, Tuple, Type
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE (`yes | head`)
 
 
 class EdgeError(Exception):
@@ -63,6 +65,9 @@ def run_guarded(prog: str, body: Callable[[], int], *, verbose: bool,
     except expected as exc:
         print("{}: {}".format(prog, one_line(exc)), file=sys.stderr, flush=True)
         return int(getattr(exc, "exit_code", EXIT_USAGE))
+    except BrokenPipeError:  # stdout's reader went away (`edge-classify ... --json | head`): end quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:  # before a command's own handler is in place (a model still loading)
         print("{}: interrupted".format(prog), file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
@@ -72,6 +77,16 @@ def run_guarded(prog: str, body: Callable[[], int], *, verbose: bool,
         print("{}: unexpected {}: {} (run again with -v for the traceback)".format(
             prog, type(exc).__name__, one_line(exc)), file=sys.stderr, flush=True)
         return EXIT_FAILED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor behind stdout (a test's capture)
+        pass
 
 
 def add_version(parser: argparse.ArgumentParser, version: str) -> None:

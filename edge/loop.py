@@ -262,6 +262,8 @@ def run_stream(options: StreamOptions, classifier: Classifier, stop: Optional[th
             times = classify_frames(classifier, grabber, output, options, notifier, stop, fleet)
         except (SourceError, BackendError, FleetError) as exc:  # no camera; a model that loads but cannot run
             return _fail(str(exc), EXIT_USAGE)
+        except BrokenPipeError:  # stdout's reader went away (`| head`): edge.errors.run_guarded ends quietly
+            raise
         except (ValueError, OSError, cv2.error) as exc:  # an output that cannot be written, a display that fails
             return _fail(str(exc).strip().splitlines()[0], EXIT_USAGE)
         finally:

@@ -29,7 +29,8 @@ def test_nodes_are_counted_by_provider_from_a_profile():
     events = [{"cat": "Session", "name": "model_run", "args": {}},
               {"cat": "Node", "name": "Cast_0_kernel_time", "args": {"provider": "CUDAExecutionProvider"}},
               {"cat": "Node", "name": "Cast_0_fence_before", "args": {"provider": "CUDAExecutionProvider"}},
-              {"cat": "Node", "name": "TRTKernel_graph_0_kernel_time", "args": {"provider": "TensorrtExecutionProvider"}},
+              {"cat": "Node", "name": "TRTKernel_graph_0_kernel_time",
+               "args": {"provider": "TensorrtExecutionProvider"}},
               {"cat": "Node", "name": "Cast_0_kernel_time", "args": {"provider": "CUDAExecutionProvider"}},
               {"cat": "Node", "name": "Add_1_kernel_time", "args": {"provider": "CUDAExecutionProvider"}},
               {"cat": "Node", "name": "no_provider_kernel_time", "args": {}}]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import one_line, run, same_answers
+from .conftest import command, one_line, run, same_answers
 
 FP32_TOLERANCE, FP16_TOLERANCE = 0.01, 0.03  # softmax probability, between tiers
 
@@ -82,3 +82,18 @@ def test_an_onnx_run_never_imports_torch(bundle):
     done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "False 0", (done.stdout, done.stderr)
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(bundle):
+    """`edge-classify ... --json | head -1`: exit 141 (as for SIGPIPE), no traceback, no line per frame."""
+    argv = ["--quiet", "--json", "--loop", "--model", str(bundle.models["fp16_uint8"]), "--source", str(bundle.clip)]
+    process = subprocess.Popen(command("edge-classify") + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               universal_newlines=True)
+    first = process.stdout.readline()
+    process.stdout.close()  # what head does after its line
+    try:
+        code = process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert first.startswith("{") and code == 141
+    assert process.stderr.read() == ""
