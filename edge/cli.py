@@ -25,7 +25,7 @@ from .fleet import add_fleet_arguments, check_fleet_arguments
 
 OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[runtime,desktop]' in the edge-classifier "
                "checkout ('.[runtime,opencv-headless]' without a screen); on a Jetson, "
-               "use JetPack's OpenCV (sudo apt install python3-opencv), and in a virtual environment create it "
+               "use JetPack's OpenCV (sudo apt install nvidia-opencv), and in a virtual environment create it "
                "with --system-site-packages so it sees that cv2 (python3 -m venv --system-site-packages ENV)")
 DECODE_MARGIN = 2  # a reduced JPEG decode keeps at least this many times the model's resize side
 

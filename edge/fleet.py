@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .errors import EdgeError
 
@@ -123,14 +123,15 @@ class FleetOutputs:
     """The MQTT publisher and the metrics of one run; either may be absent."""
 
     def __init__(self, publisher: Any = None, metrics: Any = None, topic: str = "", every: str = "change",
-                 heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.publisher = publisher
         self.metrics = metrics
         self.topic = topic
         self._every = every
         self._heartbeat_s = heartbeat_s
+        self._clock = clock
         self._last_label: Optional[str] = None
-        self._last_sent = time.monotonic()
+        self._last_sent = clock()
 
     @classmethod
     def open(cls, options: Optional[FleetOptions], source: str, classifier: Any) -> "Optional[FleetOutputs]":
@@ -162,7 +163,7 @@ class FleetOutputs:
             self.metrics.frame(prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps)
         if self.publisher is not None and self._due(record["frame"], prediction.label):
             self.publisher.submit(self.topic, json.dumps(record, ensure_ascii=False, separators=(",", ":")))
-            self._last_sent = time.monotonic()
+            self._last_sent = self._clock()
         self._last_label = prediction.label
 
     def _due(self, number: int, label: str) -> bool:
@@ -173,7 +174,7 @@ class FleetOutputs:
                 return True
         elif number % int(self._every) == 0:
             return True
-        return bool(self._heartbeat_s) and time.monotonic() - self._last_sent >= self._heartbeat_s
+        return bool(self._heartbeat_s) and self._clock() - self._last_sent >= self._heartbeat_s
 
     def summary(self) -> Optional[str]:
         if self.publisher is None:

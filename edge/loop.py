@@ -269,11 +269,13 @@ def run_stream(options: StreamOptions, classifier: Classifier, stop: Optional[th
         finally:
             notifier.stopping()
             grabber.close()
-            if output is not None:
-                output.close()
-            if fleet is not None:
-                fleet.close()
-            notifier.close()
+            try:
+                if output is not None:
+                    output.close()  # may raise (a video that cannot be finished): the rest must still close
+            finally:
+                if fleet is not None:
+                    fleet.close()
+                notifier.close()
     _report(times, grabber, classifier, options, spec)
     if grabber.error and not stop.is_set():
         return _fail(grabber.error, EXIT_SOURCE_LOST)

@@ -2,7 +2,8 @@
 
     metrics = Metrics(source="csi://0", model="m.onnx", arch="mobilenet_v2", provider="CUDAExecutionProvider")
     metrics.serve("127.0.0.1", 9101)             # MetricsError: the port is taken (exit 2)
-    metrics.frame(prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps, dropped, reconnects)
+    metrics.frame(prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps)
+    metrics.watch(lambda: grabber.dropped, lambda: grabber.reconnects, publisher.stats)  # read at scrape time
     metrics.close()
 
 Uses the prometheus_client library (its registry, histograms and text exposition); the HTTP server is

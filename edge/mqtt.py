@@ -79,11 +79,11 @@ def parse_url(url: str) -> Target:
     """``mqtt[s]://host[:port][/topic/prefix]``; credentials in it are refused (they would show in ``ps``)."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise PublisherError(f"--mqtt {url}: use mqtt://host:1883/prefix or mqtts://host:8883/prefix")
-    if parts.username is not None or parts.password is not None:
+    if parts.username is not None or parts.password is not None:  # checked first: no message may echo them
         raise PublisherError(f"--mqtt: put the user name and password in ${USERNAME_ENV} and ${PASSWORD_ENV} "
                              "(or the service's environment file), not in the URL, where ps shows them")
+    if scheme not in SCHEMES:
+        raise PublisherError(f"--mqtt {url}: use mqtt://host:1883/prefix or mqtts://host:8883/prefix")
     try:
         port = parts.port or SCHEMES[scheme][0]
     except ValueError:
@@ -155,6 +155,7 @@ class Publisher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._first_outcome = threading.Event()
+        self._outcome_lock = threading.Lock()  # a refusal is fatal only while start() still waits for it
         self._fatal: Optional[str] = None
         self._client: Any = None
         self._client_state = "down"  # down, connecting, up
@@ -177,9 +178,12 @@ class Publisher:
         (messages are spooled); one that refuses the login, or a TLS failure, raises PublisherError."""
         self._thread.start()
         self._first_outcome.wait(wait_s)
-        if self._fatal is not None:
+        with self._outcome_lock:
+            self._first_outcome.set()  # from here on a refusal is logged and retried (see _refused)
+            fatal = self._fatal
+        if fatal is not None:
             self.close(flush_s=0)
-            raise PublisherError(self._fatal)
+            raise PublisherError(fatal)
         if not self.stats.connected:
             log.warning("MQTT broker %s not reachable yet: results are spooled in %s and sent once it is",
                         self.target.url, self._spool.folder)
@@ -271,13 +275,13 @@ class Publisher:
         self.stats.dropped = self._dropped_inbox + self._dropped_unwritable + self._spool.dropped
 
     def _connect(self) -> None:
-        client = self._new_client()
         self._client_state = "connecting"
         self._connect_started = time.monotonic()
-        self._client = client
         try:
+            self._client = client = self._new_client()  # tls_set reads --mqtt-ca: not a PEM file is an SSLError
             client.connect(self.target.host, self.target.port, keepalive=KEEPALIVE_S)
-        except ssl.SSLError as exc:  # a certificate that does not verify: a setting to fix, not an outage
+        except (ssl.SSLError, ssl.CertificateError) as exc:  # a certificate that does not verify: a setting to fix
+            # (on Python 3.6 a host name mismatch is a CertificateError, a ValueError but no SSLError)
             hint = "" if self.ca_file else " (a private CA? pass it with --mqtt-ca FILE)"
             self._refused(f"TLS with {self.target.url} failed: {getattr(exc, 'reason', None) or exc}{hint}")
         except (OSError, ValueError) as exc:  # refused, unreachable, no such host
@@ -370,13 +374,15 @@ class Publisher:
         """A refused login or failed TLS: fatal before the first frame; later (the broker's settings changed
         under a running service), logged and retried slowly so the results keep being spooled."""
         self._drop_client()
-        if not self._first_outcome.is_set():
-            self._fatal = message
-            self._stop.set()
-        else:
+        with self._outcome_lock:
+            fatal = not self._first_outcome.is_set()
+            if fatal:
+                self._fatal = message
+                self._stop.set()
+            self._first_outcome.set()
+        if not fatal:
             log.error("%s; retrying in %.0f s", message, self._backoff.most)
             self._next_try = time.monotonic() + self._backoff.most
-        self._first_outcome.set()
 
     def _drop_client(self) -> None:
         client, self._client = self._client, None

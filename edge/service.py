@@ -137,6 +137,9 @@ def uncomment(text: str, line: str) -> str:
 
 def exec_quote(word: str, variables: bool = True) -> str:
     """One word of a unit's command line (or, ``variables=False``, of a path list), escaped and quoted if need be."""
+    if re.search(r"[\x00-\x1f\x7f]", word):  # a newline would end the directive and start one of its own
+        raise ServiceError("a path or flag of the unit may not hold a newline or other control character",
+                           EXIT_USAGE)
     word = word.replace("%", "%%")
     if variables:
         word = word.replace("$", "$$")
@@ -148,7 +151,8 @@ def exec_quote(word: str, variables: bool = True) -> str:
 def env_quote(value: str) -> str:
     """A value for an EnvironmentFile= line: bare when plain, else double-quoted with \\ " ` $ escaped."""
     if "\n" in value or "\r" in value:
-        raise ServiceError(f"{value.splitlines()[0]}...: a value must be one line", EXIT_USAGE)
+        raise ServiceError("a value of the environment file must be one line (not shown: it may be a password)",
+                           EXIT_USAGE)
     if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]*", value):
         return value
     return '"' + re.sub(r'(["\\`$])', r"\\\1", value) + '"'

@@ -48,7 +48,7 @@ GOOD_WINDOW_S = 10.0  # frames flowing this long after a reconnect: the source i
 CSI_DEFAULT = (1280, 720, 30)
 CSI_INTERPOLATION = 2  # nvvidconv interpolation-method: 0 nearest (its default), 1 bilinear, 2 5-tap, 3 10-tap
 GSTREAMER_HINT = ("this OpenCV has no GStreamer support (pip's opencv-python wheels have none): on a Jetson use "
-                  "JetPack's OpenCV (sudo apt install python3-opencv; in a venv, create it with "
+                  "JetPack's OpenCV (sudo apt install nvidia-opencv; in a venv, create it with "
                   "--system-site-packages and pip uninstall opencv-python opencv-python-headless)")
 
 
@@ -94,13 +94,6 @@ class Reconnect:
     def forever(self) -> bool:
         return self.tries is None
 
-    def delays(self):
-        """Backoff before each attempt: 0.5 s doubling up to 10 s, for ``tries`` attempts (or forever)."""
-        attempt = 0
-        while self.allows(attempt):
-            yield self.delay(attempt)
-            attempt += 1
-
     def allows(self, failures: int) -> bool:
         """Whether another attempt may follow ``failures`` failed ones."""
         return self.tries is None or failures < self.tries
@@ -141,10 +134,10 @@ def parse_source(*, camera: Optional[int] = None, source: Optional[str] = None, 
         return SourceSpec(text, "camera", text, _v4l2(), **size)
     if parsed.kind == "gstreamer":
         _require_gstreamer("a GStreamer pipeline")
-        return SourceSpec(text, "gstreamer", text, cv2.CAP_GSTREAMER, **size)
+        return SourceSpec(without_password(text), "gstreamer", text, cv2.CAP_GSTREAMER, **size)
     if parsed.kind == "stream":
         api = cv2.CAP_FFMPEG if _has_backend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
-        return SourceSpec(text, "stream", text, api, **size)
+        return SourceSpec(without_password(text), "stream", text, api, **size)
     path = Path(text)
     if not path.is_file():
         raise SourceError(f"{text}: no such video file" if not path.exists() else f"{text}: not a video file")
@@ -190,6 +183,18 @@ def hardware_size(width: int, height: int, resize: int) -> Tuple[int, int]:
     return int(resize * width / height), resize
 
 
+_URL_PASSWORD = re.compile(r"(\w+://[^/\s:@]*):[^@\s/]*@")
+
+
+def without_password(text: str) -> str:
+    """``rtsp://admin:secret@cam/live`` -> ``rtsp://admin:***@cam/live``: the name a source is shown by.
+
+    The name goes to logs, ``--json`` lines, MQTT payloads and Prometheus labels; the password stays in
+    the capture target only.
+    """
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
 def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
     """An opened ``cv2.VideoCapture`` for ``spec``, set to its size and rate (SourceError if it will not open)."""
     params = []
@@ -197,7 +202,8 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
         # Without these a dead RTSP server can block a read for minutes.
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS]
-    with native_stderr_silenced(spec.kind == "camera" and not log.isEnabledFor(logging.DEBUG)):
+    with native_stderr_silenced(spec.kind == "camera" and OPENCV_PRINTS_CAMERA_ERRORS
+                                and not log.isEnabledFor(logging.DEBUG)):
         capture = cv2.VideoCapture(spec.target, spec.api, params) if params else cv2.VideoCapture(spec.target, spec.api)
     if not capture.isOpened():
         capture.release()
@@ -209,6 +215,11 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
             if value:
                 capture.set(prop, value)
     return capture
+
+
+# OpenCV 4.1 (JetPack 4.6) prints V4L2 open errors with fprintf; from 4.5 they go through its logger, which
+# edge.cli sets to errors only. fd 2 is the whole process's, so it is silenced only where it must be.
+OPENCV_PRINTS_CAMERA_ERRORS = tuple(int(n) for n in re.findall(r"\d+", cv2.__version__)[:2]) < (4, 5)
 
 
 @contextlib.contextmanager

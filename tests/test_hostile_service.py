@@ -134,3 +134,18 @@ def test_values_edge_classify_would_refuse_are_refused_at_install(flags, message
     assert install(tmp_path / "root", model_file, *flags) == 2
     assert message in one_line_error(capsys)
     assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize("flags, message", [(["--output", "/srv/a\nExecStartPre=/bin/sh -c id\n.mp4"], "control"),
+                                            (["--labels", "/srv/l\n[Service]\nUser=root"], "--labels")])
+def test_a_newline_in_a_path_cannot_add_a_directive(flags, message, tmp_path, model_file, capsys):
+    assert install(tmp_path / "root", model_file, *flags) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "root").exists()
+
+
+def test_an_env_value_that_is_not_one_line_is_refused_without_echoing_it(tmp_path, model_file, monkeypatch, capsys):
+    monkeypatch.setenv("EDGE_MQTT_USERNAME", "edge")
+    monkeypatch.setenv("EDGE_MQTT_PASSWORD", "s3cret\nEDGE_ARGS=--evil")
+    assert install(tmp_path / "root", model_file, "--mqtt", "mqtt://127.0.0.1/edge") == 2
+    assert "s3cret" not in one_line_error(capsys)

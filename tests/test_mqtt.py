@@ -328,12 +328,23 @@ def test_a_broker_that_never_answers_does_not_hold_up_the_frames(colour_model, c
     ("mqtt://user:pw@127.0.0.1/edge", "EDGE_MQTT_USERNAME"),
     ("http://127.0.0.1/edge", "mqtt://host"),
     ("mqtt://127.0.0.1:99999/edge", "port"),
+    ("mqqt://user:pw@127.0.0.1/edge", "EDGE_MQTT_USERNAME"),  # a mistyped scheme must not echo the password
 ])
 def test_bad_mqtt_urls_are_one_line_and_exit_2(colour_model, clip, tmp_path, flag, message):
     pytest.importorskip("paho.mqtt.client")
     result = run_cli("--model", colour_model, "--source", clip, "--mqtt", flag, "--mqtt-spool", tmp_path / "s")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr and "pw" not in result.stderr
+
+
+def test_a_ca_file_that_is_not_a_certificate_is_one_line_and_exit_2(colour_model, clip, tmp_path):
+    pytest.importorskip("paho.mqtt.client")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    result = run_cli("--model", colour_model, "--source", clip, "--mqtt", "mqtts://127.0.0.1:1/edge",
+                     "--mqtt-ca", ca, "--mqtt-spool", tmp_path / "s")
+    assert result.returncode == 2, result.stderr
+    assert "TLS" in result.stderr.strip().splitlines()[-1] and "Traceback" not in result.stderr
 
 
 def test_mqtt_with_image_and_a_taken_metrics_port_are_usage_errors(colour_model, clip, tmp_path):
@@ -523,10 +534,12 @@ def test_mqtt_every_picks_the_frames(every, expected):
 def test_the_heartbeat_resends_a_steady_label():
     from edge.fleet import FleetOutputs
 
-    fleet = FleetOutputs(FakePublisher(), None, "edge/cam/label", "change", heartbeat_s=0.05)
+    now = [100.0]
+    fleet = FleetOutputs(FakePublisher(), None, "edge/cam/label", "change", heartbeat_s=30.0, clock=lambda: now[0])
     for number in range(3):
+        now[0] += 1.0  # 29 s after the start at most: no heartbeat yet
         fleet.frame({"frame": number, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
-    time.sleep(0.06)
+    now[0] += 30.0
     fleet.frame({"frame": 3, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
     fleet.frame({"frame": 4, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
     assert [m["frame"] for m in fleet.publisher.sent] == [0, 3]

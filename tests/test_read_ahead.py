@@ -29,7 +29,12 @@ class CountingVideo:
         pass
 
 
-def reads_after(video: CountingVideo, settle_s: float = 0.3) -> int:
+def reads_after(video: CountingVideo, expected: int, settle_s: float = 0.3, timeout_s: float = 10.0) -> int:
+    """The reader's count once it has had time to reach ``expected`` (however slow a loaded machine is),
+    and ``settle_s`` more to overshoot it if it were going to."""
+    deadline = time.monotonic() + timeout_s
+    while video.reads < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
     time.sleep(settle_s)
     return video.reads
 
@@ -42,10 +47,10 @@ def test_reader_stays_at_most_read_ahead_frames_ahead(depth):
     grabber.open_first()
     grabber.start()
     try:
-        assert reads_after(video) == depth  # nobody took a frame yet
+        assert reads_after(video, depth) == depth  # nobody took a frame yet
         frames = [grabber.next(timeout=1.0) for _ in range(5)]
         assert [f.number for f in frames] == [0, 1, 2, 3, 4]  # every frame, in order
-        assert reads_after(video) == 5 + depth
+        assert reads_after(video, 5 + depth) == 5 + depth
     finally:
         grabber.close()
 

@@ -323,3 +323,14 @@ def test_bad_input_gives_one_line_and_exit_2(case, small, tmp_path, capsys):
 def test_device_cuda_without_a_gpu_is_a_usage_error(small, tmp_path, capsys):
     assert main(["--data", str(small), "--device", "cuda", "--out", str(tmp_path / "c.pt")]) == 2
     assert "sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_out_may_not_overwrite_the_weights_it_starts_from(small, tmp_path, capsys):
+    weights = tmp_path / "runs" / "a.pt"
+    weights.parent.mkdir()
+    torch.save(build_model("resnet18", 2).state_dict(), weights)
+    before = weights.read_bytes()
+    code = main(["--data", str(small), "--arch", "resnet18", "--weights", str(weights), "--out", str(weights)])
+    err = capsys.readouterr().err
+    assert code == 2 and "would overwrite the --weights file" in err and err.count("\n") == 1, err
+    assert weights.read_bytes() == before

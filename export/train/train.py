@@ -102,6 +102,17 @@ class RunFiles:
                    out.with_name(f"{stem}.curves.png"), out.with_name(f"{stem}.val.png"))
 
 
+def _refuse_overwriting_weights(files: RunFiles, weights: str) -> None:
+    """``--weights runs/a.pt --out runs/a.pt``: the run would replace the file it starts from after epoch 1."""
+    source = Path(weights)
+    if weights in ("pretrained", "none") or not source.is_file():
+        return
+    for written in (files.best, files.last):
+        if written.exists() and written.samefile(source):
+            raise UsageError(f"--out would overwrite the --weights file {source} ({written.name}); choose another --out "
+                             "(to go on from a run, use --resume)")
+
+
 @dataclass(frozen=True)
 class EpochStats:
     loss: float
@@ -250,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     arch = get_arch(settings.arch)
     files = RunFiles.beside(Path(settings.out))
     _check_writable(files.best.parent)
+    _refuse_overwriting_weights(files, settings.weights)
 
     folders = find_image_folders(Path(settings.data), val_fraction=settings.val_fraction, seed=settings.seed)
     if resumed is not None and folders.classes != list(resumed["classes"]):
