@@ -217,9 +217,11 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
     return capture
 
 
-# OpenCV 4.1 (JetPack 4.6) prints V4L2 open errors with fprintf; from 4.5 they go through its logger, which
-# edge.cli sets to errors only. fd 2 is the whole process's, so it is silenced only where it must be.
-OPENCV_PRINTS_CAMERA_ERRORS = tuple(int(n) for n in re.findall(r"\d+", cv2.__version__)[:2]) < (4, 5)
+# OpenCV 4.1 (JetPack 4.6) prints V4L2 open errors with fprintf; later ones through their logger, which
+# edge.cli sets to errors only where Python can reach it (cv2.utils.logging: not in 4.5.4, JetPack 5.1's).
+# fd 2 is the whole process's, so it is silenced only where nothing else keeps that line out.
+OPENCV_PRINTS_CAMERA_ERRORS = (tuple(int(n) for n in re.findall(r"\d+", cv2.__version__)[:2]) < (4, 5)
+                               or not hasattr(getattr(cv2, "utils", None), "logging"))
 
 
 @contextlib.contextmanager
