@@ -28,10 +28,10 @@ class EdgeError(Exception):
     exit_code = EXIT_USAGE
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none)."""
+def one_line(exc: BaseException, limit: Optional[int] = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut at ``limit`` characters."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return lines[0][:limit] if lines else type(exc).__name__
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]

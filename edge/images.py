@@ -94,7 +94,7 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: Optio
         with native_warnings() as warnings:
             frame = _decode(data, path, scale)
     except cv2.error as exc:  # OpenCV's own size limit, a corrupt stream the codec rejects
-        raise ImageError(f"OpenCV cannot decode it ({_first_line(exc)})") from None
+        raise ImageError(f"OpenCV cannot decode it ({_last_line(exc)})") from None
     if frame is None:
         raise ImageError("not an image OpenCV can decode")
     truncated_by_warning(header, warnings)
@@ -141,7 +141,8 @@ def _imdecode_reduces() -> bool:
     return probe is not None and probe.shape[:2] == (8, 8)
 
 
-def _first_line(exc: BaseException) -> str:
+def _last_line(exc: BaseException) -> str:
+    """cv2.error puts the reason on its last line, after the source file and function."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1][:200] if lines else type(exc).__name__
 

@@ -25,19 +25,19 @@ import contextlib
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, Iterator, Optional, Tuple, Union
+from typing import Callable, Deque, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 
 from . import contract
 from .errors import EdgeError
+from .imagecheck import native_warnings
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,9 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
         # Without these a dead RTSP server can block a read for minutes.
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS]
-    with native_stderr_silenced(spec.kind == "camera" and OPENCV_PRINTS_CAMERA_ERRORS
-                                and not log.isEnabledFor(logging.DEBUG)):
+    # OpenCV's own "can't open camera by index" would double our one-line error; -v leaves fd 2 alone.
+    quiet = spec.kind == "camera" and OPENCV_PRINTS_CAMERA_ERRORS and not log.isEnabledFor(logging.DEBUG)
+    with native_warnings() if quiet else contextlib.suppress():
         capture = cv2.VideoCapture(spec.target, spec.api, params) if params else cv2.VideoCapture(spec.target, spec.api)
     if not capture.isOpened():
         capture.release()
@@ -219,30 +220,9 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
 
 # OpenCV 4.1 (JetPack 4.6) prints V4L2 open errors with fprintf; later ones through their logger, which
 # edge.cli sets to errors only where Python can reach it (cv2.utils.logging: not in 4.5.4, JetPack 5.1's).
-# fd 2 is the whole process's, so it is silenced only where nothing else keeps that line out.
+# fd 2 is the whole process's, so it is redirected only where nothing else keeps that line out.
 OPENCV_PRINTS_CAMERA_ERRORS = (tuple(int(n) for n in re.findall(r"\d+", cv2.__version__)[:2]) < (4, 5)
                                or not hasattr(getattr(cv2, "utils", None), "logging"))
-
-
-@contextlib.contextmanager
-def native_stderr_silenced(silence: bool) -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null while OpenCV opens a camera (unless ``silence`` is false).
-
-    OpenCV before 4.5 writes "VIDEOIO ERROR: V4L: can't open camera by index N" straight to stderr,
-    past its own log level, which would double our one-line error. ``-v`` keeps it.
-    """
-    if not silence:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _cannot_open(spec: SourceSpec) -> str:

@@ -34,6 +34,15 @@ def photos() -> Dict[str, np.ndarray]:
     return load_photos()
 
 
+@pytest.fixture()
+def model_file(tmp_path) -> Path:
+    """For edge-service's tests: rendering a unit only needs a file to point at (the service loads it)."""
+    path = tmp_path / "models" / "mobilenet_v2_fp16.onnx"
+    path.parent.mkdir()
+    path.write_bytes(b"onnx")
+    return path
+
+
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory, photos) -> Path:
     """The photos as JPEG files (as a camera or a phone would save them), decoded later by OpenCV."""

@@ -12,14 +12,6 @@ import pytest
 from edge.service import main
 
 
-@pytest.fixture()
-def model_file(tmp_path) -> Path:
-    path = tmp_path / "models" / "m.onnx"
-    path.parent.mkdir()
-    path.write_bytes(b"onnx")
-    return path
-
-
 def install(root: Path, model: Path, *more: str, user: str = "edge") -> int:
     return main(["install", "--model", str(model), "--user", user, "--root", str(root), "--camera", "0", *more])
 

@@ -174,15 +174,6 @@ def test_send_errors_are_logged_once_and_never_raised(tmp_path, caplog):
 
 # ------------------------------------------------------------------------------------------ the unit
 
-@pytest.fixture()
-def model_file(tmp_path) -> Path:
-    """Rendering only needs a file to point at (the service loads it, not the installer)."""
-    path = tmp_path / "models" / "mobilenet_v2_fp16.onnx"
-    path.parent.mkdir()
-    path.write_bytes(b"onnx")
-    return path
-
-
 def install(root: Path, model: Path, *more: str) -> int:
     return main(["install", "--model", str(model), "--user", "edge", "--root", str(root), *more])
 

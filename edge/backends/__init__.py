@@ -22,6 +22,9 @@ import numpy as np
 from ..errors import EdgeError
 
 
+MESSAGE_LIMIT = 200  # characters of a runtime's own error message kept in ours
+
+
 class BackendError(EdgeError, RuntimeError):
     """The model cannot be loaded or run; the message is one line for the user."""
 

@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..defaults import cache_root
-from . import BackendError
+from ..errors import one_line
+from . import MESSAGE_LIMIT, BackendError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
-            raise BackendError(f"{path} is not an ONNX model onnxruntime can load ({_first_line(exc)})") from None
+            raise BackendError(f"{path} is not an ONNX model onnxruntime can load ({one_line(exc, MESSAGE_LIMIT)})") from None
         self.provider = self.session.get_providers()[0]
         log.info("onnxruntime %s running %s on %s", ort.__version__, path.name, self.provider)
         model_input = self.session.get_inputs()[0]
@@ -80,7 +81,7 @@ class OnnxRuntimeBackend:
         try:
             logits = self.session.run([self.output_name], {self.input_name: batch})[0]
         except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidArgument, ...) share no base class
-            raise BackendError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+            raise BackendError(f"onnxruntime failed to run the model: {one_line(exc, MESSAGE_LIMIT)}") from None
         return np.asarray(logits).astype(np.float32, copy=False)
 
 
@@ -159,7 +160,7 @@ def log_node_placement(session, backend: "OnnxRuntimeBackend") -> None:
     try:
         session.run([backend.output_name], {backend.input_name: np.zeros(shape, dtype)})
     except Exception as exc:  # a model that cannot run is reported by the caller's own first run
-        log.debug("node placement: the profiling run failed (%s)", _first_line(exc))
+        log.debug("node placement: the profiling run failed (%s)", one_line(exc, MESSAGE_LIMIT))
     profile = Path(session.end_profiling())
     try:
         events = json.loads(profile.read_text(encoding="utf-8"))
@@ -219,8 +220,3 @@ def _gpu_name() -> str:
         return out.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return "gpu"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__

@@ -14,7 +14,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..contract import DEFAULT_INPUT_SIDE, INPUT_FLOAT, INPUT_UINT8, TORCHSCRIPT_METADATA_FILE, Key
-from . import BackendError
+from ..errors import one_line
+from . import MESSAGE_LIMIT, BackendError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class TorchScriptBackend:
                 self.module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra).eval()
             self.metadata: Dict[str, str] = json.loads(extra[TORCHSCRIPT_METADATA_FILE] or "{}")
         except (RuntimeError, ValueError, OSError) as exc:
-            raise BackendError(f"{path} is not a TorchScript model torch can load ({_first_line(exc)})") from None
+            raise BackendError(f"{path} is not a TorchScript model torch can load ({one_line(exc, MESSAGE_LIMIT)})") from None
         if self.device == "cuda":
             torch.backends.cudnn.benchmark = True
         elif self.metadata.get(Key.PRECISION) == "fp16":
@@ -69,9 +70,4 @@ class TorchScriptBackend:
                 logits = self.module(tensor)
                 return logits.float().cpu().numpy()
             except Exception as exc:  # a scripted raise is torch.jit.Error; a wrong output type AttributeError
-                raise BackendError(f"the TorchScript model failed to run: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
+                raise BackendError(f"the TorchScript model failed to run: {one_line(exc, MESSAGE_LIMIT)}") from None
