@@ -15,14 +15,19 @@ one onnxruntime session and take turns image by image, so load changes hit both 
 - ours: edge.images.read_image (JPEG decoded reduced in its DCT when large) -> edge.preprocess -> onnxruntime.
 
 Parity: each pipeline's 224x224 crop against torchvision's on the full-size decode, in grey levels
-(mean and max of |difference| over the six photos). Then a folder of 50 JPEGs of 50 different sizes
-(phone and camera shapes), end to end, plain against ours taking turns (ours with its plan caches
-emptied before each pass: every size is a new resampling plan), and the parity of a simulated
-``--csi-resize`` (the VIC's filter is not documented: simulated by OpenCV's INTER_AREA and INTER_LINEAR).
+(mean and max of |difference| over the six photos). Then whole runs, as a user gets them: per
+resolution a folder of 30 JPEGs, and a folder of 50 JPEGs of 50 different sizes (phone and camera
+shapes), the plain script's loop (its own default onnxruntime session) against edge-classify's
+``--image`` run (``edge.cli.run_images``: decoding and preprocessing one image ahead on a second
+thread while the model runs, the model keeping the other cores) and the same run in turn
+(``--read-ahead 0``), each in a process of its own, the processes taking turns (ours with its plan
+caches emptied before each pass: every size a new resampling plan). Last, the parity of a simulated ``--csi-resize`` (the VIC's filter is not
+documented: simulated by OpenCV's INTER_AREA and INTER_LINEAR).
 mobilenet_v2 FP32 with random weights (speed does not depend on them), onnxruntime's CPU provider.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -45,6 +50,7 @@ RESOLUTIONS = ((640, 480), (1280, 720), (1920, 1080), (3840, 2160))
 PIPELINES = ("seed", "plain", "ours")
 RESIZE, SIDE = 256, 224
 MIXED_COUNT = 50
+FOLDER_COPIES = 5  # a folder per resolution: the six photos five times over
 
 
 def load_photos() -> List[np.ndarray]:
@@ -190,20 +196,58 @@ def time_pipelines(pipelines: Dict[str, Pipeline], files: Dict[str, List[str]], 
     return result
 
 
-def time_folder(pipelines: Dict[str, Pipeline], paths: List[str], passes: int) -> Dict[str, List[float]]:
-    """Seconds per pass over the mixed-size folder, end to end, plain and ours taking turns; ours
-    starts each pass with empty plan caches (every size a new plan, as in a fresh process)."""
+Runner = Callable[[List[str]], None]  # classifies every path, printing one JSON line each (to /dev/null)
+RUNNERS = ("plain", "ours, in turn", "ours")
+
+
+def folder_runner(artifact: str, name: str) -> Runner:
+    """A whole run over a list of files, as a user gets it: the plain script's loop with its own
+    onnxruntime session (defaults), or edge-classify's ``--image`` run (``edge.cli.run_images``, the
+    code the command runs) in turn (``--read-ahead 0``) or with its default read-ahead. Each runs in
+    a process of its own: a spinning onnxruntime pool left by another session would slow it."""
+    if name == "plain":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+
+        def plain(paths: List[str]) -> None:
+            for path in paths:
+                logits = session.run(None, {input_name: plain_crop(cv2.imread(path))[None]})[0][0]
+                print(json.dumps({"source": path, "index": int(np.argmax(logits))}))
+        return plain
+
+    from edge.classify import Classifier
+    from edge.cli import IMAGE_READ_AHEAD, build_parser, image_read_ahead, run_images
+    from edge.imagecheck import DEFAULT_MAX_PIXELS
+    from edge.images import expand_inputs
+
+    read_ahead = 0 if name == "ours, in turn" else IMAGE_READ_AHEAD
+    classifier = Classifier.open(Path(artifact), device="cpu", spare_cores=1 if read_ahead else 0)
+
+    def ours(paths: List[str]) -> None:
+        args = build_parser().parse_args(["--image", *paths, "--json", "--read-ahead", str(read_ahead)])
+        args.max_pixels = DEFAULT_MAX_PIXELS
+        items = expand_inputs(args.image)
+        run_images(args, classifier, items, image_read_ahead(read_ahead, len(items)))
+    return ours
+
+
+def time_folders(run: Runner, folders: Dict[str, List[str]], passes: int) -> Dict[str, List[float]]:
+    """Seconds per pass over each list of files, end to end; each pass starts with empty plan caches
+    (every size a new plan, as in a fresh process)."""
     from edge.preprocess import crop_plan, prefilter_kernel
 
-    totals: Dict[str, List[float]] = {name: [] for name in pipelines}
-    for _ in range(passes):
-        for name, (decode, preprocess, infer) in pipelines.items():
-            crop_plan.cache_clear()
-            prefilter_kernel.cache_clear()
-            started = time.perf_counter()
-            for path in paths:
-                int(np.argmax(infer(preprocess(decode(path)))))
-            totals[name].append(time.perf_counter() - started)
+    totals: Dict[str, List[float]] = {key: [] for key in folders}
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        for round_ in range(passes + 1):  # the first pass warms up and is not counted
+            for key, paths in folders.items():
+                crop_plan.cache_clear()
+                prefilter_kernel.cache_clear()
+                started = time.perf_counter()
+                run(paths)
+                if round_:
+                    totals[key].append(time.perf_counter() - started)
     return totals
 
 
@@ -289,9 +333,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="timed passes per pipeline run (plain and ours)")
     parser.add_argument("--seed-rounds", type=int, default=3, help="timed passes for the seed (eager torch is slow)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each pipeline; best kept")
-    parser.add_argument("--folder-repeats", type=int, default=3, help="passes over the mixed folder per run")
+    parser.add_argument("--folder-repeats", type=int, default=3, help="passes over each folder per run")
     parser.add_argument("--arch", default="mobilenet_v2")
-    parser.add_argument("--measure", choices=("seed", "plain+ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=("seed", "plain+ours", "folders"), help=argparse.SUPPRESS)
+    parser.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--artifact", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--mixed", help=argparse.SUPPRESS)
@@ -301,9 +346,13 @@ def main() -> None:
         if args.measure == "seed":
             print(json.dumps(time_pipelines({"seed": seed_pipeline(args.artifact)}, files, args.rounds)))
             return
+        if args.measure == "folders":
+            folders = {key: paths * FOLDER_COPIES for key, paths in files.items()}
+            folders["mixed"] = json.loads(Path(args.mixed).read_text())
+            print(json.dumps(time_folders(folder_runner(args.artifact, args.runner), folders, args.folder_repeats)))
+            return
         pipelines = plain_and_ours(args.artifact)
         result = time_pipelines(pipelines, files, args.rounds)
-        result["folder"] = time_folder(pipelines, json.loads(Path(args.mixed).read_text()), args.folder_repeats)
         result["plan_fit_ms"] = plan_fit_ms()
         print(json.dumps(result))
         return
@@ -324,7 +373,8 @@ def main() -> None:
         artifact = str(export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
                                        labels=[f"class {i}" for i in range(1000)], precision="fp32"))
         runs: Dict[str, List[Dict]] = {name: [] for name in PIPELINES}
-        folder_runs: Dict[str, List[float]] = {"plain": [], "ours": []}
+        folder_runs: Dict[str, List[float]] = {name: [] for name in RUNNERS}
+        folders: Dict[str, Dict[str, List[float]]] = {key: {name: [] for name in RUNNERS} for key in files}
         fits = []
         common = ["--artifact", artifact, "--files", str(folder / "files.json"), "--mixed", str(folder / "mixed.json"),
                   "--folder-repeats", str(args.folder_repeats)]
@@ -333,16 +383,20 @@ def main() -> None:
             both = child(["--measure", "plain+ours", "--rounds", str(args.rounds), *common])
             for name in ("plain", "ours"):
                 runs[name].append(both[name])
-                folder_runs[name].extend(both["folder"][name])
+            for name in RUNNERS:
+                timed = child(["--measure", "folders", "--runner", name, *common])
+                folder_runs[name].extend(timed.pop("mixed"))
+                for key, seconds in timed.items():
+                    folders[key][name].extend(seconds)
             fits.append(both["plan_fit_ms"])
         grey = parity(files)
         csi = csi_parity(files)
     fit_ms = statistics.median(fits)
     timing = {name: best(r) for name, r in runs.items()}
-    report(args, timing, grey, csi, folder_runs, fit_ms, load_before, os.getloadavg())
+    report(args, timing, grey, csi, folder_runs, folders, fit_ms, load_before, os.getloadavg())
 
 
-def report(args, timing, grey, csi, folder_runs, fit_ms, load_before, load_after) -> None:
+def report(args, timing, grey, csi, folder_runs, folders, fit_ms, load_before, load_after) -> None:
     import onnxruntime
 
     import torch
@@ -384,12 +438,26 @@ def report(args, timing, grey, csi, folder_runs, fit_ms, load_before, load_after
                   f"{total:.2f} | {mean:.2f} / {worst} |")
     ours, vga, hd, uhd = timing["ours"], "640x480", "1920x1080", "3840x2160"
     jpeg_cost = {k: ours[k]["decode"] + ours[k]["preprocess_jpeg"] for k in grey}
-    plain_folder, ours_folder = statistics.median(folder_runs["plain"]), statistics.median(folder_runs["ours"])
+    per_image = {key: {name: statistics.median(v) / (len(PHOTOS) * FOLDER_COPIES) * 1e3 for name, v in runs.items()}
+                 for key, runs in folders.items()}
     print()
-    print(f"Mixed-size folder: {MIXED_COUNT} JPEGs, 50 different sizes from 1 to 12 megapixels, end to end, plain "
-          f"and ours taking turns, ours with empty plan caches each pass (median of {len(folder_runs['plain'])} "
-          f"passes): plain {plain_folder:.2f} s, ours {ours_folder:.2f} s; a new frame size's plan (prefilter fit "
-          f"included) costs {fit_ms:.2f} ms.")
+    print(f"Folders, end to end: {len(PHOTOS) * FOLDER_COPIES} JPEGs per resolution (the six photos five times), the "
+          f"plain script's loop (its own onnxruntime session, default threads) against edge-classify's --image run "
+          f"(edge.cli.run_images, JSON lines to /dev/null), each in its own process, taking turns; median of "
+          f"{args.repeats * args.folder_repeats} passes, ms per image:")
+    print()
+    print("| resolution | plain script | edge-classify, --read-ahead 0 | edge-classify (read-ahead 1, default) | "
+          "ours / plain |")
+    print("|---|---:|---:|---:|---:|")
+    for key, row in per_image.items():
+        print(f"| {key} | {row['plain']:.2f} | {row['ours, in turn']:.2f} | {row['ours']:.2f} | "
+              f"{row['ours'] / row['plain']:.2f} |")
+    mixed = {name: statistics.median(v) for name, v in folder_runs.items()}
+    print()
+    print(f"Mixed-size folder: {MIXED_COUNT} JPEGs, 50 different sizes from 1 to 12 megapixels, end to end, the same "
+          f"three processes taking turns, ours with empty plan caches each pass (median of {len(folder_runs['plain'])} "
+          f"passes): plain {mixed['plain']:.2f} s, edge-classify in turn {mixed['ours, in turn']:.2f} s, with "
+          f"read-ahead {mixed['ours']:.2f} s; a new frame size's plan (prefilter fit included) costs {fit_ms:.2f} ms.")
     print()
     print("| measure | value | target |")
     print("|---|---:|---|")
@@ -397,14 +465,17 @@ def report(args, timing, grey, csi, folder_runs, fit_ms, load_before, load_after
           f"({jpeg_cost[uhd]:.1f} / {jpeg_cost[vga]:.1f} ms) | <= 10x |")
     print(f"| 1080p raw frame preprocess / 640x480 frame's | {ours[hd]['preprocess'] / ours[vga]['preprocess']:.1f}x "
           f"({ours[hd]['preprocess']:.2f} / {ours[vga]['preprocess']:.2f} ms) | <= 3x |")
+    for key, row in per_image.items():
+        print(f"| {key} JPEG folder end to end, edge-classify / plain script | {row['ours'] / row['plain']:.2f} | < 1 |")
     for key in grey:
-        print(f"| {key} JPEG end to end, ours / plain | {totals[(key, 'ours')] / totals[(key, 'plain')]:.2f} | < 1 |")
+        print(f"| {key} JPEG, sum of stages on one shared session, ours / plain | "
+              f"{totals[(key, 'ours')] / totals[(key, 'plain')]:.2f} | |")
     for key in grey:
         ratio = raw_totals[(key, "ours")] / raw_totals[(key, "plain")]
-        print(f"| {key} raw frame end to end, ours / plain | {ratio:.2f} | |")
+        print(f"| {key} raw frame, sum of stages, ours / plain | {ratio:.2f} | |")
     worst_mean = max(max(grey[k]["ours"][0], grey[k]["ours, raw frame"][0]) for k in grey)
     print(f"| ours, worst mean grey-level difference, any resolution | {worst_mean:.2f} | <= 0.5 |")
-    print(f"| mixed-size folder, ours / plain | {ours_folder / plain_folder:.2f} | <= 1.1 |")
+    print(f"| mixed-size folder, edge-classify / plain script | {mixed['ours'] / mixed['plain']:.2f} | <= 1.1 |")
     print()
     print("--csi-resize simulated (frame scaled to the resize size, then our crop), mean / max grey levels:")
     print()

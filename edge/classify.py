@@ -74,10 +74,13 @@ class Classifier:
 
     @classmethod
     def open(cls, model: Path, *, backend: str = "auto", device: str = "auto", labels: Optional[Path] = None,
-             topk: int = 5, threads: Optional[int] = None) -> "Classifier":
-        """Load ``model``; its metadata gives labels and sizes (``labels`` overrides the label names)."""
+             topk: int = 5, threads: Optional[int] = None, spare_cores: int = 0) -> "Classifier":
+        """Load ``model``; its metadata gives labels and sizes (``labels`` overrides the label names).
+
+        ``spare_cores``: on a CPU, leave that many cores to work beside the model (see ``open_backend``).
+        """
         try:
-            runtime = open_backend(Path(model), backend, device, threads)
+            runtime = open_backend(Path(model), backend, device, threads, spare_cores)
             spec = spec_from_metadata(runtime.metadata, input_shape=runtime.input_shape,
                                       input_dtype=runtime.input_dtype, num_classes=runtime.num_classes)
             if labels is not None:
@@ -106,16 +109,23 @@ class Classifier:
     def classify(self, frame_bgr: np.ndarray) -> Prediction:
         """Preprocess, infer and rank one BGR uint8 frame."""
         started = time.perf_counter()
+        batch = self.prepare(frame_bgr)
+        return self.classify_prepared(batch, {"preprocess": (time.perf_counter() - started) * 1e3})
+
+    def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """One BGR uint8 frame -> the model's batch of one (safe to call on another thread than the model's)."""
         try:
-            batch = self.preprocess(frame_bgr)[None]
+            return self.preprocess(frame_bgr)[None]
         except ValueError as exc:
             raise ClassifyError(str(exc)) from None
-        prepared = time.perf_counter()
+
+    def classify_prepared(self, batch: np.ndarray, ms: Optional[Dict[str, float]] = None) -> Prediction:
+        """Infer and rank a batch of one from :meth:`prepare`; ``ms`` (timings so far) is carried into the result."""
+        started = time.perf_counter()
         logits = self.backend.run(batch)[0]  # BackendError (one line) if the runtime fails
         inferred = time.perf_counter()
-        prediction = self.prediction_from_logits(logits)
-        prediction.ms.update(preprocess=(prepared - started) * 1e3, infer=(inferred - prepared) * 1e3,
-                             topk=(time.perf_counter() - inferred) * 1e3)
+        prediction = self.prediction_from_logits(logits, ms)
+        prediction.ms.update(infer=(inferred - started) * 1e3, topk=(time.perf_counter() - inferred) * 1e3)
         return prediction
 
     def prediction_from_logits(self, logits: np.ndarray, ms: Optional[Dict[str, float]] = None) -> Prediction:

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 from . import __version__
 from .argtypes import positive_int
@@ -28,6 +28,7 @@ OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[run
                "use JetPack's OpenCV (sudo apt install nvidia-opencv), and in a virtual environment create it "
                "with --system-site-packages so it sees that cv2 (python3 -m venv --system-site-packages ENV)")
 DECODE_MARGIN = 2  # a reduced JPEG decode keeps at least this many times the model's resize side
+IMAGE_READ_AHEAD = 1  # images decoded ahead of the model in a run of several (see image_read_ahead)
 
 log = logging.getLogger("edge-classify")
 
@@ -89,7 +90,9 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--read-ahead", type=int, metavar="N",
                        help="frames a video file is decoded ahead of the model (default: 0 when the CPU runs the "
                             "model, the least lag; 1 with a GPU, decoding beside inference; more adds lag, not "
-                            "speed); live sources always keep only the newest frame")
+                            "speed); live sources always keep only the newest frame. With --image: images "
+                            "decoded and preprocessed ahead (default 1 for several, the model keeping all cores "
+                            "but one; 0: in turn, the model on every core)")
     group.add_argument("--reconnect", type=_tries, metavar="N|forever",
                        help="tries to get a lost camera or stream back (default 5; forever under systemd)")
     group.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
@@ -149,54 +152,93 @@ def _main(args: argparse.Namespace) -> int:
     from .classify import Classifier
     from .defaults import ensure_default_model
     from .imagecheck import DEFAULT_MAX_PIXELS, limit_opencv_decoder
+    from .images import expand_inputs
 
     args.max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     limit_opencv_decoder(args.max_pixels)  # before the first decode: OpenCV reads it once
 
     model = args.model or ensure_default_model()
+    items = expand_inputs(args.image) if args.image else []
+    read_ahead = image_read_ahead(args.read_ahead, len(items)) if args.image else 0
     classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
-                                 topk=args.topk, threads=args.threads)
+                                 topk=args.topk, threads=args.threads, spare_cores=1 if read_ahead else 0)
     log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
              classifier.spec.num_classes, classifier.spec.input_kind, classifier.spec.input_side,
              classifier.spec.resize_side, classifier.spec.precision, classifier.backend.provider)
     if args.image:
-        return run_images(args, classifier)
+        return run_images(args, classifier, items, read_ahead)
     from .loop import StreamOptions, run_stream
 
     return run_stream(StreamOptions.from_args(args), classifier)
 
 
-def run_images(args: argparse.Namespace, classifier) -> int:
-    """Classify every image named by ``--image``; report bad ones on stderr and carry on."""
-    from .images import expand_inputs
-    from .outpaths import OutputError
+def image_read_ahead(requested: Optional[int], count: int) -> int:
+    """How many images are decoded and preprocessed ahead of the model (``--read-ahead``, default 1).
 
-    items = expand_inputs(args.image)
+    One is enough to keep both busy: decoding and preprocessing the next image on one thread while
+    the model runs on the current one. On a GPU the CPU work hides behind inference; on a CPU the
+    model keeps all cores but one (without busy-waiting) and the decoder has that one. On a shared
+    2-core host this ran 640x480 JPEGs level with decoding in turn with the model on both cores, and
+    720p to 4K 1.3-2x faster (benchmarks/bench_resolution.py). A single image is not read ahead: the
+    model keeps every core for it.
+    """
+    if requested is not None and requested < 0:
+        raise EdgeError(f"--read-ahead must be 0 or more, not {requested}")
+    if count < 2:
+        return 0
+    return IMAGE_READ_AHEAD if requested is None else requested
+
+
+def run_images(args: argparse.Namespace, classifier, items: List, read_ahead: int = 0) -> int:
+    """Classify every image named by ``--image``; report bad ones on stderr and carry on."""
+    from .outpaths import OutputError
+    from .prefetch import read_ahead as ahead
+
     try:
         targets = output_targets(args.output, items)
     except OutputError as exc:
         return _fail(str(exc))
-    failed = sum(not classify_one(args, classifier, item, target) for item, target in zip(_progress(items), targets))
+    jobs = list(zip(items, targets))
+    prepared = ahead(lambda job: prepare_image(args, classifier, *job), jobs, read_ahead)
+    failed = sum(not finish_image(args, classifier, item, target, result)
+                 for (item, target), result in _progress(prepared, len(jobs)))
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def classify_one(args: argparse.Namespace, classifier, item, target: Optional[Path]) -> bool:
-    """Classify one image and print (and write) its result; False, with one line on stderr, if it failed."""
+class PreparedImage(NamedTuple):
+    frame: object  # the decoded BGR frame (drawn on for --output)
+    batch: object  # the model's input
+    ms: Dict[str, float]  # decode and preprocess times
+
+
+def prepare_image(args: argparse.Namespace, classifier, item, target: Optional[Path]) -> PreparedImage:
+    """Decode and preprocess one image (on the read-ahead thread); ImageError and others for a bad one."""
+    from .images import ImageError, read_image
+
+    if item.error:
+        raise ImageError(item.error)
+    started = time.perf_counter()
+    # A large JPEG may be decoded reduced (its DCT does the first shrink), unless the labelled copy is wanted.
+    min_side = None if target is not None else DECODE_MARGIN * classifier.spec.resize_side
+    frame = read_image(item.path, args.max_pixels, min_side=min_side)
+    decoded = time.perf_counter()
+    batch = classifier.prepare(frame)
+    ms = {"decode": (decoded - started) * 1e3, "preprocess": (time.perf_counter() - decoded) * 1e3}
+    return PreparedImage(frame, batch, ms)
+
+
+def finish_image(args: argparse.Namespace, classifier, item, target: Optional[Path], prepared) -> bool:
+    """Classify a prepared image and print (and write) its result; False, with one line on stderr, if it
+    or its preparation failed."""
     import cv2
 
-    from .images import ImageError, read_image
+    from .imagecheck import STDERR_LOCK
     from .output import draw_label, format_line, json_line, printable, write_image_atomic
 
     try:
-        if item.error:
-            raise ImageError(item.error)
-        started = time.perf_counter()
-        # A large JPEG may be decoded reduced (its DCT does the first shrink), unless the labelled copy is wanted.
-        min_side = None if target is not None else DECODE_MARGIN * classifier.spec.resize_side
-        frame = read_image(item.path, args.max_pixels, min_side=min_side)
-        decoded = time.perf_counter()
-        prediction = classifier.classify(frame)
-        prediction.ms["decode"] = (decoded - started) * 1e3
+        if isinstance(prepared, Exception):
+            raise prepared
+        prediction = classifier.classify_prepared(prepared.batch, prepared.ms)
         if args.json:
             ms = prediction.ms
             record = {"source": item.source, **prediction.to_dict()}
@@ -205,12 +247,13 @@ def classify_one(args: argparse.Namespace, classifier, item, target: Optional[Pa
         else:
             print(format_line(item.source, prediction, args.topk), flush=True)
         if target is not None:
-            write_image_atomic(target, draw_label(frame, prediction))
+            write_image_atomic(target, draw_label(prepared.frame, prediction))
     except BrokenPipeError:  # stdout's reader has gone (`| head`): not this image's fault, stop the run
         raise
     except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:  # a bad image, an unwritable output
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        print(f"edge-classify: {printable(item.source)}: {printable(reason)}", file=sys.stderr, flush=True)
+        with STDERR_LOCK:  # the next image may be decoding, with fd 2 redirected for its warnings
+            print(f"edge-classify: {printable(item.source)}: {printable(reason)}", file=sys.stderr, flush=True)
         return False
     return True
 
@@ -237,14 +280,18 @@ def output_targets(output: Optional[Path], items: List) -> List[Optional[Path]]:
     return targets  # type: ignore[return-value]
 
 
-def _progress(items: List):
-    if len(items) < 2 or not sys.stderr.isatty():
-        return items
+def _progress(results: Iterable, count: int) -> Iterable:
+    """``results`` with a progress bar on a terminal, for more than one image (tqdm, where installed)."""
+    if count < 2 or not sys.stderr.isatty():
+        return results
     try:
         from tqdm import tqdm
     except ImportError:
-        return items
-    return tqdm(items, unit="img", file=sys.stderr, leave=False)
+        return results
+    from .imagecheck import STDERR_LOCK
+
+    tqdm.set_lock(STDERR_LOCK)  # it redraws while the next image may be decoding with fd 2 redirected
+    return tqdm(results, total=count, unit="img", file=sys.stderr, leave=False)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -252,7 +299,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
     streaming = args.image is None
     level = (logging.ERROR if args.quiet else logging.DEBUG if args.verbose
              else logging.INFO if streaming else logging.WARNING)
-    logging.basicConfig(format="edge-classify: %(message)s", stream=sys.stderr)
+    from .imagecheck import LockedStderrHandler
+
+    handler = LockedStderrHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("edge-classify: %(message)s"))
+    logging.basicConfig(handlers=[handler])
     logging.getLogger().setLevel(level)
     try:
         import cv2

@@ -23,6 +23,7 @@ import stat
 import struct
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -125,33 +126,47 @@ def check_decoded(header: Header, frame: np.ndarray) -> None:
         raise ImageError("truncated JPEG (the bottom of the picture is missing)")
 
 
+STDERR_LOCK = threading.RLock()  # held while fd 2 is redirected; what writes to stderr meanwhile takes it first
+
+
+class LockedStderrHandler(logging.StreamHandler):
+    """A log handler whose writes wait for ``STDERR_LOCK``, so no line lands in a decoder's redirected fd 2."""
+
+    def createLock(self) -> None:  # noqa: N802 (logging's name)
+        self.lock = STDERR_LOCK
+
+
 @contextlib.contextmanager
-def native_warnings() -> Iterator[List[str]]:
+def native_warnings(hold_stderr: bool = True) -> Iterator[List[str]]:
     """Collect what libjpeg and libpng write straight to file descriptor 2 while decoding.
 
     Their warnings ("Corrupt JPEG data: premature end of data segment") bypass Python and would be a
     second, raw line beside ours; collected, they tell a truncated JPEG apart and are logged at debug
-    level. Meant for the single-threaded ``--image`` path: other threads' output to fd 2 in the
-    meantime is collected too.
+    level. File descriptor 2 is the process's: while it is redirected, ``STDERR_LOCK`` is held, and
+    our own writers to stderr on other threads (edge-classify's error lines, its log handler and
+    progress bar while the next image decodes ahead) take it before writing. ``hold_stderr=False``
+    is for what may hang (a camera open): other threads' lines written meanwhile land here instead.
     """
     messages: List[str] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no fd 2 (a service with stderr closed): nothing to collect
-        yield messages
-        return
-    sink = _warning_sink()
-    sink.seek(0)
-    sink.truncate()
-    os.dup2(sink.fileno(), 2)
-    try:
-        yield messages
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        sink.seek(0)
-        messages.extend(line for line in sink.read(8192).decode("utf-8", "replace").splitlines() if line)
+    with STDERR_LOCK if hold_stderr else contextlib.suppress():
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no fd 2 (a service with stderr closed): nothing to collect
+            saved = None
+        if saved is not None:
+            sink = _warning_sink()
+            sink.seek(0)
+            sink.truncate()
+            os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                messages.extend(line for line in sink.read(8192).decode("utf-8", "replace").splitlines() if line)
     for message in messages:
         log.debug("decoder: %s", message)
 

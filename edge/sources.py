@@ -203,8 +203,9 @@ def open_capture(spec: SourceSpec) -> "cv2.VideoCapture":
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS]
     # OpenCV's own "can't open camera by index" would double our one-line error; -v leaves fd 2 alone.
+    # Not holding stderr: an open can hang for seconds, and the loop's log lines must not wait for it.
     quiet = spec.kind == "camera" and OPENCV_PRINTS_CAMERA_ERRORS and not log.isEnabledFor(logging.DEBUG)
-    with native_warnings() if quiet else contextlib.suppress():
+    with native_warnings(hold_stderr=False) if quiet else contextlib.suppress():
         capture = cv2.VideoCapture(spec.target, spec.api, params) if params else cv2.VideoCapture(spec.target, spec.api)
     if not capture.isOpened():
         capture.release()

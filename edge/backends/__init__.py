@@ -9,6 +9,7 @@ Each implementation imports its runtime lazily, so ``edge`` never loads torch fo
 
 
 import importlib
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -62,10 +63,13 @@ def backend_for(path: Path) -> str:
                        f"(expected {known}; or pass --backend)")
 
 
-def open_backend(path: Path, backend: str = "auto", device: str = "auto", threads: Optional[int] = None) -> Backend:
+def open_backend(path: Path, backend: str = "auto", device: str = "auto", threads: Optional[int] = None,
+                 spare_cores: int = 0) -> Backend:
     """Load ``path`` with ``backend`` (``auto``: by suffix) on ``device`` (``auto``: the GPU if there is one).
 
     ``threads``: CPU threads for the runtime (None: its default for the device; see each backend).
+    ``spare_cores``: when ``threads`` is None and the model runs on the CPU, it gets the cores this
+    process may use less these, without busy-waiting (``edge-classify --image`` decodes beside it).
     """
     path = Path(path)
     if not path.is_file():
@@ -77,4 +81,17 @@ def open_backend(path: Path, backend: str = "auto", device: str = "auto", thread
         raise BackendError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     module_name, class_name, _ = BACKENDS[name]
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(path, device=device, threads=threads)
+    return cls(path, device=device, threads=threads, spare_cores=spare_cores)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the platform tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_threads_beside(spare_cores: int) -> Optional[int]:
+    """The model's CPU threads when ``spare_cores`` are kept for other work; None: none are kept."""
+    return max(usable_cores() - spare_cores, 1) if spare_cores > 0 else None

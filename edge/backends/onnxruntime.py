@@ -28,7 +28,7 @@ import numpy as np
 
 from ..defaults import cache_root
 from ..errors import one_line
-from . import MESSAGE_LIMIT, BackendError
+from . import MESSAGE_LIMIT, BackendError, cpu_threads_beside
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ INSTALL_HINT = ("onnxruntime is not installed: pip install '.[runtime]' in the e
 class OnnxRuntimeBackend:
     """An ONNX artifact in an onnxruntime session."""
 
-    def __init__(self, path: Path, device: str = "auto", threads: Optional[int] = None) -> None:
+    def __init__(self, path: Path, device: str = "auto", threads: Optional[int] = None, spare_cores: int = 0) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -53,7 +53,7 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: provider fallbacks are reported by us
-        set_cpu_threads(options, providers, threads)
+        set_cpu_threads(options, providers, threads, spare_cores)
         report_placement = log.isEnabledFor(logging.DEBUG)
         if report_placement:  # the profile is the one place onnxruntime says which provider runs each node
             options.enable_profiling = True
@@ -85,8 +85,9 @@ class OnnxRuntimeBackend:
         return np.asarray(logits).astype(np.float32, copy=False)
 
 
-def set_cpu_threads(options, providers: List, threads: Optional[int]) -> None:
-    """Size onnxruntime's CPU pool: ``threads`` if given, one with a GPU provider, else its defaults.
+def set_cpu_threads(options, providers: List, threads: Optional[int], spare_cores: int = 0) -> None:
+    """Size onnxruntime's CPU pool: ``threads`` if given, one with a GPU provider, the usable cores less
+    ``spare_cores`` on a CPU when some are to be kept, else its defaults.
 
     Without spinning whenever we size it: a spinning pool keeps its cores busy between runs, and
     with a GPU or other work on the host those cores are what capture and preprocessing need.
@@ -94,6 +95,8 @@ def set_cpu_threads(options, providers: List, threads: Optional[int]) -> None:
     gpu = bool(providers) and _provider_name(providers[0]) != CPU
     if threads is not None and threads < 1:
         raise BackendError(f"--threads must be at least 1, not {threads}")
+    if threads is None and not gpu:
+        threads = cpu_threads_beside(spare_cores)
     if threads is None and not gpu:
         return
     options.intra_op_num_threads = threads or GPU_INTRA_OP_THREADS

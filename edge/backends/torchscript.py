@@ -15,7 +15,7 @@ import numpy as np
 
 from ..contract import DEFAULT_INPUT_SIDE, INPUT_FLOAT, INPUT_UINT8, TORCHSCRIPT_METADATA_FILE, Key
 from ..errors import one_line
-from . import MESSAGE_LIMIT, BackendError
+from . import MESSAGE_LIMIT, BackendError, cpu_threads_beside
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +26,21 @@ INSTALL_HINT = ("torch is not installed: a .ts model needs PyTorch (on a Jetson,
 class TorchScriptBackend:
     """A TorchScript artifact loaded with ``torch.jit.load``."""
 
-    def __init__(self, path: Path, device: str = "auto", threads: Optional[int] = None) -> None:
+    def __init__(self, path: Path, device: str = "auto", threads: Optional[int] = None, spare_cores: int = 0) -> None:
         try:
             import torch
         except ImportError:
             raise BackendError(INSTALL_HINT) from None
         self._torch = torch
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendError("--device cuda: torch sees no CUDA GPU")
+        self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+        if threads is None and self.device == "cpu":
+            threads = cpu_threads_beside(spare_cores)
         if threads is not None:
             if threads < 1:
                 raise BackendError(f"--threads must be at least 1, not {threads}")
             torch.set_num_threads(threads)
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BackendError("--device cuda: torch sees no CUDA GPU")
-        self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
         extra = {TORCHSCRIPT_METADATA_FILE: ""}
         try:
             with warnings.catch_warnings():
