@@ -121,12 +121,21 @@ def check_header(header: Header, max_pixels: int) -> None:
 
 
 def check_decoded(header: Header, frame: np.ndarray) -> None:
-    """A JPEG cut short but ended with a marker decodes with flat grey where data is missing: refuse it."""
+    """A JPEG cut short but ended with a marker decodes with flat grey where data is missing: refuse it.
+
+    Only where the decoder's own warning could not be collected (no fd 2): a picture may end in exactly
+    that grey (a letterbox, a synthetic image), and libjpeg warns whenever it paints it."""
     if header.format == "jpeg" and frame.shape[0] >= 8 and bool((frame[-8:] == GREY).all()):
         raise ImageError("truncated JPEG (the bottom of the picture is missing)")
 
 
 STDERR_LOCK = threading.RLock()  # held while fd 2 is redirected; what writes to stderr meanwhile takes it first
+
+
+class DecoderMessages(list):
+    """The lines a native decoder wrote to fd 2; ``collected`` is False where they could not be caught."""
+
+    collected = True
 
 
 class LockedStderrHandler(logging.StreamHandler):
@@ -137,7 +146,7 @@ class LockedStderrHandler(logging.StreamHandler):
 
 
 @contextlib.contextmanager
-def native_warnings(hold_stderr: bool = True) -> Iterator[List[str]]:
+def native_warnings(hold_stderr: bool = True) -> Iterator["DecoderMessages"]:
     """Collect what libjpeg and libpng write straight to file descriptor 2 while decoding.
 
     Their warnings ("Corrupt JPEG data: premature end of data segment") bypass Python and would be a
@@ -147,13 +156,14 @@ def native_warnings(hold_stderr: bool = True) -> Iterator[List[str]]:
     progress bar while the next image decodes ahead) take it before writing. ``hold_stderr=False``
     is for what may hang (a camera open): other threads' lines written meanwhile land here instead.
     """
-    messages: List[str] = []
+    messages = DecoderMessages()
     with STDERR_LOCK if hold_stderr else contextlib.suppress():
         try:
             sys.stderr.flush()
             saved = os.dup(2)
         except (OSError, ValueError):  # no fd 2 (a service with stderr closed): nothing to collect
             saved = None
+            messages.collected = False
         if saved is not None:
             sink = _warning_sink()
             sink.seek(0)

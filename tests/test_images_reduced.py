@@ -108,3 +108,28 @@ def test_classify_phone_sized_jpegs_like_the_seed_pipeline(photo_onnx, photo_mod
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and [r["label"] for r in records] == expected == list(names)
     assert scales == [4, 4, 4]
+
+
+def letterboxed(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` with a flat grey-128 band at the bottom: what libjpeg paints where a truncated file's data ends."""
+    out = np.ascontiguousarray(rgb[:480, :640]).copy()
+    out[-32:] = 128
+    return out
+
+
+def test_a_photo_ending_in_a_flat_grey_band_is_not_refused(tmp_path, photos):
+    path = write_jpeg(tmp_path / "letterboxed.jpg", letterboxed(photos["astronaut"]), IMWRITE_JPEG_QUALITY=100)
+    frame = read_image(path)
+    assert (frame[-8:] == 128).all()  # exactly the grey a truncated decode leaves, yet a whole file
+
+
+def test_truncation_by_grey_band_where_decoder_warnings_cannot_be_caught(tmp_path, photos, monkeypatch):
+    """No fd 2 (a service whose stderr is closed): the grey band is then the only sign of a cut JPEG."""
+    import edge.imagecheck
+
+    data = write_jpeg(tmp_path / "x.jpg", big(photos["coffee"])).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    monkeypatch.setattr(edge.imagecheck.os, "dup", lambda fd: (_ for _ in ()).throw(OSError("no fd 2")))
+    with pytest.raises(ImageError, match="bottom of the picture is missing"):
+        read_image(tmp_path / "cut.jpg")
+    assert read_image(write_jpeg(tmp_path / "ok.jpg", photos["coffee"])).shape[2] == 3
