@@ -20,7 +20,8 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
 from . import __version__
 from .argtypes import positive_int
 from .errors import EXIT_FAILED as EXIT_SOME_FAILED
-from .errors import EXIT_OK, EXIT_USAGE, EdgeError, add_version, parse_arguments, run_guarded
+from .errors import (EXIT_OK, EXIT_USAGE, STDERR_LOCK, EdgeError, LockedStderrHandler, add_version, parse_arguments,
+                     print_error, run_guarded)
 from .fleet import add_fleet_arguments, check_fleet_arguments
 
 OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[runtime,desktop]' in the edge-classifier "
@@ -177,10 +178,10 @@ def image_read_ahead(requested: Optional[int], count: int) -> int:
 
     One is enough to keep both busy: decoding and preprocessing the next image on one thread while
     the model runs on the current one. On a GPU the CPU work hides behind inference; on a CPU the
-    model keeps all cores but one (without busy-waiting) and the decoder has that one. On a shared
-    2-core host this ran 640x480 JPEGs level with decoding in turn with the model on both cores, and
-    720p to 4K 1.3-2x faster (benchmarks/bench_resolution.py). A single image is not read ahead: the
-    model keeps every core for it.
+    model keeps all cores but one (without busy-waiting) and the decoder has that one. On a 2-core
+    host this ran 720p to 4K JPEGs 1.25-1.7x faster than in turn with the model on both cores, and
+    640x480 ones within about 10% of it, either way (benchmarks/bench_resolution.py). A single image
+    is not read ahead: the model keeps every core for it.
     """
     if requested is not None and requested < 0:
         raise EdgeError(f"--read-ahead must be 0 or more, not {requested}")
@@ -233,7 +234,6 @@ def finish_image(args: argparse.Namespace, classifier, item, target: Optional[Pa
     or its preparation failed."""
     import cv2
 
-    from .imagecheck import STDERR_LOCK
     from .output import draw_label, format_line, json_line, printable, write_image_atomic
 
     try:
@@ -253,8 +253,7 @@ def finish_image(args: argparse.Namespace, classifier, item, target: Optional[Pa
         raise
     except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:  # a bad image, an unwritable output
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        with STDERR_LOCK:  # the next image may be decoding, with fd 2 redirected for its warnings
-            print(f"edge-classify: {printable(item.source)}: {printable(reason)}", file=sys.stderr, flush=True)
+        print_error(f"edge-classify: {printable(item.source)}: {printable(reason)}")  # waits for a decode's fd 2
         return False
     return True
 
@@ -289,8 +288,6 @@ def _progress(results: Iterable, count: int) -> Iterable:
         from tqdm import tqdm
     except ImportError:
         return results
-    from .imagecheck import STDERR_LOCK
-
     tqdm.set_lock(STDERR_LOCK)  # it redraws while the next image may be decoding with fd 2 redirected
     return tqdm(results, total=count, unit="img", file=sys.stderr, leave=False)
 
@@ -300,8 +297,6 @@ def _setup_logging(args: argparse.Namespace) -> None:
     streaming = args.image is None
     level = (logging.ERROR if args.quiet else logging.DEBUG if args.verbose
              else logging.INFO if streaming else logging.WARNING)
-    from .imagecheck import LockedStderrHandler
-
     handler = LockedStderrHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("edge-classify: %(message)s"))
     logging.basicConfig(handlers=[handler])
@@ -317,7 +312,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"edge-classify: {message}", file=sys.stderr, flush=True)
+    print_error(f"edge-classify: {message}")
     return EXIT_USAGE
 
 

@@ -14,8 +14,10 @@ Standard library only: the host side imports it too.
 """
 
 import argparse
+import logging
 import os
 import sys
+import threading
 from typing import Callable, Optional, Sequence, Tuple, Type
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -52,6 +54,27 @@ def exit_code_of(exc: SystemExit) -> int:
     return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
 
 
+STDERR_LOCK = threading.RLock()  # held while a decoder has fd 2 redirected (edge.imagecheck.native_warnings)
+STDERR_WAIT_S = 10.0  # the longest a message waits for that (one image's decode); then it is written anyway
+
+
+def print_error(line: str) -> None:
+    """``line`` on stderr, once no decoder on another thread has fd 2 redirected for its warnings."""
+    held = STDERR_LOCK.acquire(timeout=STDERR_WAIT_S)
+    try:
+        print(line, file=sys.stderr, flush=True)
+    finally:
+        if held:
+            STDERR_LOCK.release()
+
+
+class LockedStderrHandler(logging.StreamHandler):
+    """A log handler whose writes wait for ``STDERR_LOCK``, so no line lands in a decoder's redirected fd 2."""
+
+    def createLock(self) -> None:  # noqa: N802 (logging's name)
+        self.lock = STDERR_LOCK
+
+
 def run_guarded(prog: str, body: Callable[[], int], *, verbose: bool,
                 expected: Tuple[Type[BaseException], ...] = (EdgeError,)) -> int:
     """Run a command's body: ``expected`` errors become one line and their exit code; Ctrl-C exits 130.
@@ -63,19 +86,19 @@ def run_guarded(prog: str, body: Callable[[], int], *, verbose: bool,
     try:
         return body()
     except expected as exc:
-        print("{}: {}".format(prog, one_line(exc)), file=sys.stderr, flush=True)
+        print_error("{}: {}".format(prog, one_line(exc)))
         return int(getattr(exc, "exit_code", EXIT_USAGE))
     except BrokenPipeError:  # stdout's reader went away (`edge-classify ... --json | head`): end quietly
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:  # before a command's own handler is in place (a model still loading)
-        print("{}: interrupted".format(prog), file=sys.stderr, flush=True)
+        print_error("{}: interrupted".format(prog))
         return EXIT_INTERRUPTED
     except Exception as exc:
         if verbose:
             raise
-        print("{}: unexpected {}: {} (run again with -v for the traceback)".format(
-            prog, type(exc).__name__, one_line(exc)), file=sys.stderr, flush=True)
+        print_error("{}: unexpected {}: {} (run again with -v for the traceback)".format(
+            prog, type(exc).__name__, one_line(exc)))
         return EXIT_FAILED
 
 

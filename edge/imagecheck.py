@@ -23,14 +23,13 @@ import stat
 import struct
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import EdgeError
+from .errors import STDERR_LOCK, EdgeError
 
 log = logging.getLogger(__name__)
 # A 4 GB Jetson Nano decodes 100 MP (300 MB as BGR, ~1 GB at the decoder's peak) and still runs a model.
@@ -129,20 +128,10 @@ def check_decoded(header: Header, frame: np.ndarray) -> None:
         raise ImageError("truncated JPEG (the bottom of the picture is missing)")
 
 
-STDERR_LOCK = threading.RLock()  # held while fd 2 is redirected; what writes to stderr meanwhile takes it first
-
-
 class DecoderMessages(list):
     """The lines a native decoder wrote to fd 2; ``collected`` is False where they could not be caught."""
 
     collected = True
-
-
-class LockedStderrHandler(logging.StreamHandler):
-    """A log handler whose writes wait for ``STDERR_LOCK``, so no line lands in a decoder's redirected fd 2."""
-
-    def createLock(self) -> None:  # noqa: N802 (logging's name)
-        self.lock = STDERR_LOCK
 
 
 @contextlib.contextmanager

@@ -148,3 +148,22 @@ def test_error_lines_are_not_lost_while_the_next_image_decodes(photo_onnx, photo
     lines = err.splitlines()
     assert sorted(lines) == sorted(set(lines)) and len(lines) == 8, err
     assert all("_bad.png" in line for line in lines)
+
+
+def test_error_messages_wait_until_no_decoder_holds_stderr(capsys):
+    from edge.errors import STDERR_LOCK, print_error
+
+    released = threading.Event()
+
+    def decode_for_a_while():
+        with STDERR_LOCK:
+            time.sleep(0.3)
+            released.set()
+
+    holder = threading.Thread(target=decode_for_a_while)
+    holder.start()
+    time.sleep(0.05)
+    print_error("edge-classify: x.jpg: not an image")
+    assert released.is_set()  # written only once the decoder had given fd 2 back
+    holder.join()
+    assert capsys.readouterr().err == "edge-classify: x.jpg: not an image\n"
