@@ -1,6 +1,7 @@
 """Cost and parity by input resolution: the seed pipeline, a plain INTER_LINEAR script and edge-classify.
 
     python benchmarks/bench_resolution.py [--rounds 10] [--seed-rounds 3] [--repeats 2]
+    python benchmarks/bench_resolution.py --format ts --device cuda     # where torch sees a GPU
 
 For 640x480, 1280x720, 1920x1080 and 3840x2160, six scikit-image photos scaled to fill the frame,
 as JPEG files (decode included) and as raw BGR frames in memory (a camera's frames), each stage
@@ -21,9 +22,11 @@ shapes), the plain script's loop (its own default onnxruntime session) against e
 ``--image`` run (``edge.cli.run_images``: decoding and preprocessing one image ahead on a second
 thread while the model runs, the model keeping the other cores) and the same run in turn
 (``--read-ahead 0``), each in a process of its own, the processes taking turns (ours with its plan
-caches emptied before each pass: every size a new resampling plan). Last, the parity of a simulated ``--csi-resize`` (the VIC's filter is not
-documented: simulated by OpenCV's INTER_AREA and INTER_LINEAR).
-mobilenet_v2 FP32 with random weights (speed does not depend on them), onnxruntime's CPU provider.
+caches emptied before each pass: every size a new resampling plan). Last, the parity of a simulated
+``--csi-resize`` (the VIC's filter is not documented: simulated by OpenCV's INTER_AREA and INTER_LINEAR).
+mobilenet_v2 FP32 with random weights (speed does not depend on them), by default in onnxruntime on the
+CPU; ``--format ts --device cuda`` runs every pipeline's model with TorchScript on a GPU (the seed's eager
+model too), where edge-classify's read-ahead decodes on the CPU while the GPU infers.
 """
 
 import argparse
@@ -107,31 +110,31 @@ def write_mixed(folder: Path) -> List[str]:
 Pipeline = Tuple[Callable, Callable, Callable]  # decode(path), preprocess(bgr) -> batch, infer(batch) -> logits
 
 
-def seed_pipeline(artifact: str) -> Pipeline:
+def seed_pipeline(artifact: str, device: str) -> Pipeline:
     import torch
     from reference import seed_input, seed_transform
 
     from export.zoo import build_model
 
     torch.manual_seed(0)
-    model = build_model(Path(artifact).stem).eval()  # the artifact is named after its architecture
+    model = build_model(Path(artifact).stem).eval().to(device)  # the artifact is named after its architecture
     transform = seed_transform(RESIZE, SIDE)
 
     def infer(batch) -> np.ndarray:
         with torch.no_grad():
-            return model(batch)[0].numpy()
+            return model(batch.to(device))[0].cpu().numpy()
 
     return (lambda path: cv2.imread(path)), (lambda bgr: seed_input(bgr, transform)), infer
 
 
-def plain_and_ours(artifact: str) -> Dict[str, Pipeline]:
+def plain_and_ours(artifact: str, device: str) -> Dict[str, Pipeline]:
     """The plain script and ours, sharing one onnxruntime session: the same model run, so the
     difference between them is decode and preprocess alone, and a change in load hits both alike."""
     from edge.classify import Classifier
     from edge.cli import DECODE_MARGIN
     from edge.images import read_image
 
-    classifier = Classifier.open(Path(artifact), device="cpu")
+    classifier = Classifier.open(Path(artifact), device=device)
     min_side = DECODE_MARGIN * classifier.spec.resize_side
     infer = classifier.backend.run
     return {"plain": ((lambda path: cv2.imread(path)), (lambda bgr: plain_crop(bgr)[None]), infer),
@@ -200,55 +203,78 @@ Runner = Callable[[List[str]], None]  # classifies every path, printing one JSON
 RUNNERS = ("plain", "ours, in turn", "ours")
 
 
-def folder_runner(artifact: str, name: str) -> Runner:
+def folder_runner(artifact: str, name: str, device: str) -> Runner:
     """A whole run over a list of files, as a user gets it: the plain script's loop with its own
-    onnxruntime session (defaults), or edge-classify's ``--image`` run (``edge.cli.run_images``, the
-    code the command runs) in turn (``--read-ahead 0``) or with its default read-ahead. Each runs in
-    a process of its own: a spinning onnxruntime pool left by another session would slow it."""
+    runtime (onnxruntime's defaults, or torch for a TorchScript file), or edge-classify's ``--image``
+    run (``edge.cli.run_images``, the code the command runs) in turn (``--read-ahead 0``) or with its
+    default read-ahead. Each runs in a process of its own: a spinning onnxruntime pool left by
+    another session would slow it."""
     if name == "plain":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
-        input_name = session.get_inputs()[0].name
+        infer = plain_runtime(artifact, device)
 
         def plain(paths: List[str]) -> None:
             for path in paths:
-                logits = session.run(None, {input_name: plain_crop(cv2.imread(path))[None]})[0][0]
+                logits = infer(plain_crop(cv2.imread(path))[None])
                 print(json.dumps({"source": path, "index": int(np.argmax(logits))}))
         return plain
 
     from edge.classify import Classifier
-    from edge.cli import IMAGE_READ_AHEAD, build_parser, image_read_ahead, run_images
+    from edge.cli import build_parser, image_read_ahead, run_images, wants_decoder_core
     from edge.imagecheck import DEFAULT_MAX_PIXELS
     from edge.images import expand_inputs
 
-    read_ahead = 0 if name == "ours, in turn" else IMAGE_READ_AHEAD
-    classifier = Classifier.open(Path(artifact), device="cpu", spare_cores=1 if read_ahead else 0)
+    requested = 0 if name == "ours, in turn" else None  # None: edge-classify's default for these images
+    classifiers: Dict[bool, object] = {}  # opened in the untimed first pass, as the command would for these images
 
     def ours(paths: List[str]) -> None:
-        args = build_parser().parse_args(["--image", *paths, "--json", "--read-ahead", str(read_ahead)])
+        argv = ["--image", *paths, "--json"] + ([] if requested is None else ["--read-ahead", str(requested)])
+        args = build_parser().parse_args(argv)
         args.max_pixels = DEFAULT_MAX_PIXELS
         items = expand_inputs(args.image)
-        run_images(args, classifier, items, image_read_ahead(read_ahead, len(items)))
+        decoder_core = wants_decoder_core(requested, items)
+        if decoder_core not in classifiers:
+            classifiers[decoder_core] = Classifier.open(Path(artifact), device=device,
+                                                        spare_cores=1 if decoder_core else 0)
+        classifier = classifiers[decoder_core]
+        read_ahead = image_read_ahead(requested, len(items), classifier.backend.provider, decoder_core)
+        run_images(args, classifier, items, read_ahead)
     return ours
 
 
-def time_folders(run: Runner, folders: Dict[str, List[str]], passes: int) -> Dict[str, List[float]]:
-    """Seconds per pass over each list of files, end to end; each pass starts with empty plan caches
-    (every size a new plan, as in a fresh process)."""
+def plain_runtime(artifact: str, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The plain script's model call: the uint8 batch in, one row of logits out."""
+    if artifact.endswith(".ts"):
+        import torch
+
+        model = torch.jit.load(artifact, map_location=device).eval()
+
+        def run_torch(batch: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(batch).to(device))[0].float().cpu().numpy()
+        return run_torch
+    import onnxruntime as ort
+
+    providers = (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
+    session = ort.InferenceSession(artifact, providers=providers)
+    input_name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {input_name: batch})[0][0]
+
+
+def time_folder(run: Runner, paths: List[str], passes: int) -> List[float]:
+    """Seconds per pass over ``paths``, end to end; each pass starts with empty plan caches (every size a
+    new plan, as in a fresh process). The first pass warms up (and opens the model) and is not counted."""
     from edge.preprocess import crop_plan, prefilter_kernel
 
-    totals: Dict[str, List[float]] = {key: [] for key in folders}
+    seconds: List[float] = []
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-        for round_ in range(passes + 1):  # the first pass warms up and is not counted
-            for key, paths in folders.items():
-                crop_plan.cache_clear()
-                prefilter_kernel.cache_clear()
-                started = time.perf_counter()
-                run(paths)
-                if round_:
-                    totals[key].append(time.perf_counter() - started)
-    return totals
+        for round_ in range(passes + 1):
+            crop_plan.cache_clear()
+            prefilter_kernel.cache_clear()
+            started = time.perf_counter()
+            run(paths)
+            if round_:
+                seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def plan_fit_ms() -> float:
@@ -335,8 +361,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each pipeline; best kept")
     parser.add_argument("--folder-repeats", type=int, default=3, help="passes over each folder per run")
     parser.add_argument("--arch", default="mobilenet_v2")
-    parser.add_argument("--measure", choices=("seed", "plain+ours", "folders"), help=argparse.SUPPRESS)
+    parser.add_argument("--format", choices=("onnx", "ts"), default="onnx",
+                        help="the artifact: ONNX (onnxruntime) or TorchScript (torch; what runs on CUDA without "
+                             "onnxruntime-gpu)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every pipeline runs the model")
+    parser.add_argument("--measure", choices=("seed", "plain+ours", "folder"), help=argparse.SUPPRESS)
     parser.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--artifact", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--mixed", help=argparse.SUPPRESS)
@@ -344,14 +375,15 @@ def main() -> None:
     if args.measure:
         files = json.loads(Path(args.files).read_text())
         if args.measure == "seed":
-            print(json.dumps(time_pipelines({"seed": seed_pipeline(args.artifact)}, files, args.rounds)))
+            print(json.dumps(time_pipelines({"seed": seed_pipeline(args.artifact, args.device)}, files, args.rounds)))
             return
-        if args.measure == "folders":
-            folders = {key: paths * FOLDER_COPIES for key, paths in files.items()}
-            folders["mixed"] = json.loads(Path(args.mixed).read_text())
-            print(json.dumps(time_folders(folder_runner(args.artifact, args.runner), folders, args.folder_repeats)))
+        if args.measure == "folder":
+            paths = json.loads(Path(args.mixed).read_text()) if args.folder == "mixed" else files[args.folder]
+            runner = folder_runner(args.artifact, args.runner, args.device)
+            print(json.dumps(time_folder(runner, paths * (1 if args.folder == "mixed" else FOLDER_COPIES),
+                                         args.folder_repeats)))
             return
-        pipelines = plain_and_ours(args.artifact)
+        pipelines = plain_and_ours(args.artifact, args.device)
         result = time_pipelines(pipelines, files, args.rounds)
         result["plan_fit_ms"] = plan_fit_ms()
         print(json.dumps(result))
@@ -370,24 +402,23 @@ def main() -> None:
         (folder / "files.json").write_text(json.dumps(files))
         mixed = write_mixed(folder)
         (folder / "mixed.json").write_text(json.dumps(mixed))
-        artifact = str(export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
-                                       labels=[f"class {i}" for i in range(1000)], precision="fp32"))
+        artifact = str(export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.{args.format}",
+                                       arch=args.arch, labels=[f"class {i}" for i in range(1000)], precision="fp32"))
         runs: Dict[str, List[Dict]] = {name: [] for name in PIPELINES}
         folder_runs: Dict[str, List[float]] = {name: [] for name in RUNNERS}
         folders: Dict[str, Dict[str, List[float]]] = {key: {name: [] for name in RUNNERS} for key in files}
         fits = []
         common = ["--artifact", artifact, "--files", str(folder / "files.json"), "--mixed", str(folder / "mixed.json"),
-                  "--folder-repeats", str(args.folder_repeats)]
+                  "--folder-repeats", str(args.folder_repeats), "--device", args.device]
         for _ in range(args.repeats):
             runs["seed"].append(child(["--measure", "seed", "--rounds", str(args.seed_rounds), *common])["seed"])
             both = child(["--measure", "plain+ours", "--rounds", str(args.rounds), *common])
             for name in ("plain", "ours"):
                 runs[name].append(both[name])
-            for name in RUNNERS:
-                timed = child(["--measure", "folders", "--runner", name, *common])
-                folder_runs[name].extend(timed.pop("mixed"))
-                for key, seconds in timed.items():
-                    folders[key][name].extend(seconds)
+            for key in [*files, "mixed"]:  # each folder and pipeline in a fresh process, as a user's command
+                for name in RUNNERS:
+                    seconds = child(["--measure", "folder", "--runner", name, "--folder", key, *common])
+                    (folder_runs[name] if key == "mixed" else folders[key][name]).extend(seconds)
             fits.append(both["plan_fit_ms"])
         grey = parity(files)
         csi = csi_parity(files)
@@ -401,11 +432,13 @@ def report(args, timing, grey, csi, folder_runs, folders, fit_ms, load_before, l
 
     import torch
 
-    print(f"{args.arch} FP32, random weights; {os.cpu_count()} CPU cores shared with other work (load average "
-          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after); OpenCV {cv2.__version__}, onnxruntime "
-          f"{onnxruntime.__version__} (CPU provider, default threads), torch {torch.__version__}; median ms per "
-          f"image over {args.rounds} passes of 6 photos ({args.seed_rounds} for the seed), best of {args.repeats} "
-          f"alternating runs")
+    runtime = f"onnxruntime {onnxruntime.__version__}" if args.format == "onnx" else "TorchScript"
+    runtime += f" on {args.device}"
+    gpu = f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else ""
+    print(f"{args.arch} FP32, random weights, {runtime}{gpu}; {os.cpu_count()} CPU cores (load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after); OpenCV {cv2.__version__}, torch "
+          f"{torch.__version__}; median ms per image over {args.rounds} passes of 6 photos ({args.seed_rounds} for "
+          f"the seed), best of {args.repeats} alternating runs")
     print()
     print("JPEG files (decode included):")
     print()
@@ -446,7 +479,7 @@ def report(args, timing, grey, csi, folder_runs, folders, fit_ms, load_before, l
           f"(edge.cli.run_images, JSON lines to /dev/null), each in its own process, taking turns; median of "
           f"{args.repeats * args.folder_repeats} passes, ms per image:")
     print()
-    print("| resolution | plain script | edge-classify, --read-ahead 0 | edge-classify (read-ahead 1, default) | "
+    print("| resolution | plain script | edge-classify, --read-ahead 0 | edge-classify (its default) | "
           "ours / plain |")
     print("|---|---:|---:|---:|---:|")
     for key, row in per_image.items():
@@ -466,7 +499,8 @@ def report(args, timing, grey, csi, folder_runs, folders, fit_ms, load_before, l
     print(f"| 1080p raw frame preprocess / 640x480 frame's | {ours[hd]['preprocess'] / ours[vga]['preprocess']:.1f}x "
           f"({ours[hd]['preprocess']:.2f} / {ours[vga]['preprocess']:.2f} ms) | <= 3x |")
     for key, row in per_image.items():
-        print(f"| {key} JPEG folder end to end, edge-classify / plain script | {row['ours'] / row['plain']:.2f} | < 1 |")
+        ratio = row["ours"] / row["plain"]
+        print(f"| {key} JPEG folder end to end, edge-classify / plain script | {ratio:.2f} | < 1 |")
     for key in grey:
         print(f"| {key} JPEG, sum of stages on one shared session, ours / plain | "
               f"{totals[(key, 'ours')] / totals[(key, 'plain')]:.2f} | |")

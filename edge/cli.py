@@ -30,6 +30,7 @@ OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[run
                "with --system-site-packages so it sees that cv2 (python3 -m venv --system-site-packages ENV)")
 DECODE_MARGIN = 2  # a reduced JPEG decode keeps at least this many times the model's resize side
 IMAGE_READ_AHEAD = 1  # images decoded ahead of the model in a run of several (see image_read_ahead)
+READ_AHEAD_MIN_PIXELS = 900_000  # on a CPU, images from about 1280x720 up are read ahead by default
 
 log = logging.getLogger("edge-classify")
 
@@ -92,8 +93,8 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
                        help="frames a video file is decoded ahead of the model (default: 0 when the CPU runs the "
                             "model, the least lag; 1 with a GPU, decoding beside inference; more adds lag, not "
                             "speed); live sources always keep only the newest frame. With --image: images "
-                            "decoded and preprocessed ahead (default 1 for several, the model keeping all cores "
-                            "but one; 0: in turn, the model on every core)")
+                            "decoded and preprocessed ahead (default 1 for several with a GPU, or on a CPU from "
+                            "720p up, the model keeping all cores but one; 0: in turn, the model on every core)")
     group.add_argument("--reconnect", type=_tries, metavar="N|forever",
                        help="tries to get a lost camera or stream back (default 5; forever under systemd)")
     group.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
@@ -160,34 +161,55 @@ def _main(args: argparse.Namespace) -> int:
 
     model = args.model or ensure_default_model()
     items = expand_inputs(args.image) if args.image else []
-    read_ahead = image_read_ahead(args.read_ahead, len(items)) if args.image else 0
+    decoder_core = args.image is not None and wants_decoder_core(args.read_ahead, items)
     classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
-                                 topk=args.topk, threads=args.threads, spare_cores=1 if read_ahead else 0)
+                                 topk=args.topk, threads=args.threads, spare_cores=1 if decoder_core else 0)
     log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
              classifier.spec.num_classes, classifier.spec.input_kind, classifier.spec.input_side,
              classifier.spec.resize_side, classifier.spec.precision, classifier.backend.provider)
     if args.image:
+        read_ahead = image_read_ahead(args.read_ahead, len(items), classifier.backend.provider, decoder_core)
+        log.debug("%d images, %d read ahead of the model", len(items), read_ahead)
         return run_images(args, classifier, items, read_ahead)
     from .loop import StreamOptions, run_stream
 
     return run_stream(StreamOptions.from_args(args), classifier)
 
 
-def image_read_ahead(requested: Optional[int], count: int) -> int:
-    """How many images are decoded and preprocessed ahead of the model (``--read-ahead``, default 1).
+def wants_decoder_core(requested: Optional[int], items: List) -> bool:
+    """Whether a CPU model should leave a core to the decoder (decided before it loads: onnxruntime's
+    pool is sized once): for ``--read-ahead`` 1 or more, or by default when the first image is at least
+    READ_AHEAD_MIN_PIXELS (from 720p up, decoding is worth a core of its own)."""
+    from .images import header_pixels
 
-    One is enough to keep both busy: decoding and preprocessing the next image on one thread while
-    the model runs on the current one. On a GPU the CPU work hides behind inference; on a CPU the
-    model keeps all cores but one (without busy-waiting) and the decoder has that one. On a 2-core
-    host this ran 720p to 4K JPEGs 1.25-1.7x faster than in turn with the model on both cores, and
-    640x480 ones within about 10% of it, either way (benchmarks/bench_resolution.py). A single image
-    is not read ahead: the model keeps every core for it.
-    """
     if requested is not None and requested < 0:
         raise EdgeError(f"--read-ahead must be 0 or more, not {requested}")
+    if len(items) < 2 or requested == 0:
+        return False
+    if requested is not None:
+        return True
+    first = next((item.path for item in items if item.path is not None and not item.error), None)
+    pixels = header_pixels(first) if first is not None else None
+    return pixels is not None and pixels >= READ_AHEAD_MIN_PIXELS
+
+
+def image_read_ahead(requested: Optional[int], count: int, provider: str, decoder_core: bool) -> int:
+    """How many images are decoded and preprocessed ahead of the model (``--read-ahead``).
+
+    One is enough to keep both busy: the next image decoded and preprocessed on one thread while the
+    model runs on the current one. By default: with a GPU, always (the CPU work hides behind
+    inference); on a CPU, when the model left the decoder a core (``wants_decoder_core``). Measured
+    on a 2-core host (benchmarks/bench_resolution.py): 720p to 4K JPEGs ran 1.25-1.7x faster that
+    way than in turn with the model on both cores; at 640x480 it was a wash with onnxruntime (within
+    10%, either way) and 1.25x slower with TorchScript, whose model loses more with one thread. A
+    single image is not read ahead: the model keeps every core for it.
+    """
     if count < 2:
         return 0
-    return IMAGE_READ_AHEAD if requested is None else requested
+    if requested is not None:
+        return requested
+    on_gpu = not provider.lower().startswith("cpu")
+    return IMAGE_READ_AHEAD if on_gpu or decoder_core else 0
 
 
 def run_images(args: argparse.Namespace, classifier, items: List, read_ahead: int = 0) -> int:

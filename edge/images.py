@@ -14,6 +14,7 @@ decoder's DCT (a 4K photo in a quarter of the time), keeping its shorter side at
 
 import glob
 import os
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,7 @@ from .imagecheck import (DEFAULT_MAX_PIXELS, Header, ImageError, check_decoded, 
 
 _GLOB_CHARS = set("*?[")
 _REDUCED_FLAGS = {2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
+HEADER_PREFIX_BYTES = 1 << 18  # a JPEG's size is in its frame header, after EXIF and its thumbnail (64 KB at most)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,23 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: Optio
     if not warnings.collected:
         check_decoded(header, frame)
     return frame
+
+
+def header_pixels(path: Path, prefix_bytes: int = HEADER_PREFIX_BYTES) -> Optional[int]:
+    """The pixel count an image file's header states, from its first bytes only; None if not found, not a
+    regular file (opened without blocking, so a FIFO named like an image cannot hang the run) or unreadable."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return inspect_header(os.read(fd, prefix_bytes)).pixels
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def decode_scale(width: int, height: int, min_side: int) -> int:

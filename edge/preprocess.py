@@ -105,7 +105,7 @@ def resize_and_crop(frame_bgr: np.ndarray, resize: int, side: int) -> np.ndarray
         halvings += 1
     if len(plan.kernel_x) > 1 or len(plan.kernel_y) > 1:
         # Without halvings the filtered region is rounded to uint8: 0.05-0.06 grey level more off torchvision
-        # on real photos, a quarter of the memory for the sampler, and 30% less time in a classify loop (where
+        # on real photos, a quarter of the memory for the sampler, and 25-30% less time in a classify loop (where
         # the model's cache is shared). After halvings it stays float until the end: their rounding adds up.
         # Each halving rounds (sum + 2) >> 2, +1/8 grey level on average: taken back here, for free.
         depth = cv2.CV_32F if halvings else cv2.CV_8U

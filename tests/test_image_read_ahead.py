@@ -6,10 +6,11 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from edge import backends
-from edge.cli import image_read_ahead, main
+from edge.cli import image_read_ahead, main, wants_decoder_core
 from edge.errors import EdgeError
 from edge.prefetch import read_ahead
 
@@ -61,12 +62,41 @@ def test_a_reader_that_stops_early_ends_the_worker():
     assert len(started) <= 4 and not any(t.name == "edge-read-ahead" for t in threading.enumerate())
 
 
-def test_default_depth_is_one_for_several_images_and_none_for_one():
-    assert image_read_ahead(None, 1) == 0
-    assert image_read_ahead(None, 5) == 1
-    assert image_read_ahead(0, 5) == 0 and image_read_ahead(3, 5) == 3
+@pytest.mark.parametrize("provider", ["CUDAExecutionProvider", "TensorrtExecutionProvider", "cuda"])
+def test_with_a_gpu_several_images_are_read_one_ahead(provider):
+    assert image_read_ahead(None, 5, provider, decoder_core=False) == 1
+    assert image_read_ahead(None, 1, provider, decoder_core=False) == 0  # one image: nothing to overlap
+    assert image_read_ahead(0, 5, provider, decoder_core=False) == 0
+
+
+@pytest.mark.parametrize("provider", ["CPUExecutionProvider", "cpu"])
+def test_on_a_cpu_images_are_read_ahead_only_when_the_decoder_has_a_core(provider):
+    assert image_read_ahead(None, 5, provider, decoder_core=True) == 1
+    assert image_read_ahead(None, 5, provider, decoder_core=False) == 0
+    assert image_read_ahead(3, 5, provider, decoder_core=True) == 3
+
+
+def items_of(paths):
+    from edge.images import expand_inputs
+
+    return expand_inputs([str(p) for p in paths])
+
+
+def test_the_decoder_gets_a_core_for_large_images_or_when_asked(tmp_path, photos):
+    import cv2
+
+    small = [tmp_path / f"small{i}.jpg" for i in range(2)]
+    large = [tmp_path / f"large{i}.jpg" for i in range(2)]
+    for path in small:
+        cv2.imwrite(str(path), np.ascontiguousarray(photos["coffee"][..., ::-1]))  # 600x400
+    for path in large:
+        cv2.imwrite(str(path), cv2.resize(np.ascontiguousarray(photos["coffee"][..., ::-1]), (1280, 720)))
+    assert wants_decoder_core(None, items_of(large)) and not wants_decoder_core(None, items_of(small))
+    assert wants_decoder_core(1, items_of(small))  # --read-ahead 1 asks for it
+    assert not wants_decoder_core(0, items_of(large)) and not wants_decoder_core(None, items_of(large[:1]))
+    assert not wants_decoder_core(None, items_of([tmp_path / "missing.jpg", tmp_path / "missing2.jpg"]))
     with pytest.raises(EdgeError, match="--read-ahead"):
-        image_read_ahead(-1, 5)
+        wants_decoder_core(-1, items_of(large))
 
 
 def test_model_keeps_all_cores_but_the_decoders_on_a_cpu(monkeypatch):
@@ -106,7 +136,7 @@ def test_a_folder_gives_the_same_answers_in_the_same_order_ahead_or_in_turn(phot
                                                                             capsys):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     args = ["--model", str(photo_onnx), "--image", str(photo_dir), str(tmp_path / "broken.jpg"), "--topk", "2"]
-    code_ahead, ahead, err_ahead = run_json(args, capsys)
+    code_ahead, ahead, err_ahead = run_json(args + ["--read-ahead", "1"], capsys)
     code_turn, turn, err_turn = run_json(args + ["--read-ahead", "0"], capsys)
     assert code_ahead == code_turn == 1  # the broken file fails, the photos do not
     assert [r["source"] for r in ahead] == [r["source"] for r in turn] and len(ahead) >= 6
@@ -167,3 +197,14 @@ def test_error_messages_wait_until_no_decoder_holds_stderr(capsys):
     assert released.is_set()  # written only once the decoder had given fd 2 back
     holder.join()
     assert capsys.readouterr().err == "edge-classify: x.jpg: not an image\n"
+
+
+def test_the_size_probe_never_blocks_on_a_fifo_named_like_an_image(tmp_path):
+    import os
+
+    from edge.images import header_pixels
+
+    fifo = tmp_path / "0_camera.jpg"
+    os.mkfifo(str(fifo))  # opened for reading, a FIFO waits for a writer: the probe must not
+    assert header_pixels(fifo) is None and header_pixels(tmp_path / "missing.jpg") is None
+    assert not wants_decoder_core(None, items_of([fifo, tmp_path / "other.jpg"]))
