@@ -11,6 +11,7 @@ in one line, and with ``-v`` shows its traceback (``edge.errors``).
 
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -61,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where to run the model (default: the GPU when there is one)")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for the model's runtime, without busy-waiting (default: onnxruntime's "
-                             "own on a CPU, 1 when a GPU runs the model)")
+                        help="CPU threads for the model's runtime, without busy-waiting in onnxruntime (default: "
+                             "the runtime's own on a CPU, all cores but one when --image reads ahead; 1 when a GPU "
+                             "runs the model)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the provider, timings and more")
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
     add_version(parser, __version__)
@@ -94,7 +96,8 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
                             "model, the least lag; 1 with a GPU, decoding beside inference; more adds lag, not "
                             "speed); live sources always keep only the newest frame. With --image: images "
                             "decoded and preprocessed ahead (default 1 for several with a GPU, or on a CPU from "
-                            "720p up, the model keeping all cores but one; 0: in turn, the model on every core)")
+                            "720p up, the model keeping all cores but one; 0 with --output, and 0 means in turn, "
+                            "the model on every core)")
     group.add_argument("--reconnect", type=_tries, metavar="N|forever",
                        help="tries to get a lost camera or stream back (default 5; forever under systemd)")
     group.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
@@ -161,14 +164,15 @@ def _main(args: argparse.Namespace) -> int:
 
     model = args.model or ensure_default_model()
     items = expand_inputs(args.image) if args.image else []
-    decoder_core = args.image is not None and wants_decoder_core(args.read_ahead, items)
+    decoder_core = args.image is not None and wants_decoder_core(args.read_ahead, items, args.output is not None)
     classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
                                  topk=args.topk, threads=args.threads, spare_cores=1 if decoder_core else 0)
     log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
              classifier.spec.num_classes, classifier.spec.input_kind, classifier.spec.input_side,
              classifier.spec.resize_side, classifier.spec.precision, classifier.backend.provider)
     if args.image:
-        read_ahead = image_read_ahead(args.read_ahead, len(items), classifier.backend.provider, decoder_core)
+        read_ahead = image_read_ahead(args.read_ahead, len(items), classifier.backend.provider, decoder_core,
+                                      labelled=args.output is not None)
         log.debug("%d images, %d read ahead of the model", len(items), read_ahead)
         return run_images(args, classifier, items, read_ahead)
     from .loop import StreamOptions, run_stream
@@ -176,7 +180,7 @@ def _main(args: argparse.Namespace) -> int:
     return run_stream(StreamOptions.from_args(args), classifier)
 
 
-def wants_decoder_core(requested: Optional[int], items: List) -> bool:
+def wants_decoder_core(requested: Optional[int], items: List, labelled: bool = False) -> bool:
     """Whether a CPU model should leave a core to the decoder (decided before it loads: onnxruntime's
     pool is sized once): for ``--read-ahead`` 1 or more, or by default when the first image is at least
     READ_AHEAD_MIN_PIXELS (from 720p up, decoding is worth a core of its own)."""
@@ -184,7 +188,7 @@ def wants_decoder_core(requested: Optional[int], items: List) -> bool:
 
     if requested is not None and requested < 0:
         raise EdgeError(f"--read-ahead must be 0 or more, not {requested}")
-    if len(items) < 2 or requested == 0:
+    if len(items) < 2 or requested == 0 or (requested is None and labelled):
         return False
     if requested is not None:
         return True
@@ -193,21 +197,25 @@ def wants_decoder_core(requested: Optional[int], items: List) -> bool:
     return pixels is not None and pixels >= READ_AHEAD_MIN_PIXELS
 
 
-def image_read_ahead(requested: Optional[int], count: int, provider: str, decoder_core: bool) -> int:
+def image_read_ahead(requested: Optional[int], count: int, provider: str, decoder_core: bool,
+                     labelled: bool = False) -> int:
     """How many images are decoded and preprocessed ahead of the model (``--read-ahead``).
 
     One is enough to keep both busy: the next image decoded and preprocessed on one thread while the
     model runs on the current one. By default: with a GPU, always (the CPU work hides behind
-    inference); on a CPU, when the model left the decoder a core (``wants_decoder_core``). Measured
-    on a 2-core host (benchmarks/bench_resolution.py): 720p to 4K JPEGs ran 1.25-1.7x faster that
-    way than in turn with the model on both cores; at 640x480 it was a wash with onnxruntime (within
-    10%, either way) and 1.25x slower with TorchScript, whose model loses more with one thread. A
-    single image is not read ahead: the model keeps every core for it.
+    inference); on a CPU, when the model left the decoder a core (``wants_decoder_core``). Not with
+    ``--output`` (``labelled``) unless asked: each waiting image then holds its full-size frame.
+    Measured on a 2-core host (benchmarks/bench_resolution.py): 720p to 4K JPEGs ran 1.25-1.5x
+    faster that way than in turn with the model on both cores; at 640x480 it was a wash with
+    onnxruntime (within 10%, either way) and 1.25x slower with TorchScript, whose model loses more
+    with one thread. A single image is not read ahead: the model keeps every core for it.
     """
     if count < 2:
         return 0
     if requested is not None:
         return requested
+    if labelled:  # each waiting image keeps its full-size frame to draw on: up to 300 MB at 100 MP
+        return 0
     on_gpu = not provider.lower().startswith("cpu")
     return IMAGE_READ_AHEAD if on_gpu or decoder_core else 0
 
@@ -222,9 +230,10 @@ def run_images(args: argparse.Namespace, classifier, items: List, read_ahead: in
     except OutputError as exc:
         return _fail(str(exc))
     jobs = list(zip(items, targets))
-    prepared = ahead(lambda job: prepare_image(args, classifier, *job), jobs, read_ahead)
-    failed = sum(not finish_image(args, classifier, item, target, result)
-                 for (item, target), result in _progress(prepared, len(jobs)))
+    # closing(): on an early exit (| head, Ctrl-C) the worker finishes its image before the interpreter goes
+    with contextlib.closing(ahead(lambda job: prepare_image(args, classifier, *job), jobs, read_ahead)) as prepared:
+        failed = sum(not finish_image(args, classifier, item, target, result)
+                     for (item, target), result in _progress(prepared, len(jobs)))
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -259,7 +268,7 @@ def finish_image(args: argparse.Namespace, classifier, item, target: Optional[Pa
     from .output import draw_label, format_line, json_line, printable, write_image_atomic
 
     try:
-        if isinstance(prepared, Exception):
+        if isinstance(prepared, BaseException):
             raise prepared
         prediction = classifier.classify_prepared(prepared.batch, prepared.ms)
         if args.json:

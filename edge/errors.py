@@ -55,17 +55,15 @@ def exit_code_of(exc: SystemExit) -> int:
 
 
 STDERR_LOCK = threading.RLock()  # held while a decoder has fd 2 redirected (edge.imagecheck.native_warnings)
-STDERR_WAIT_S = 10.0  # the longest a message waits for that (one image's decode); then it is written anyway
 
 
 def print_error(line: str) -> None:
-    """``line`` on stderr, once no decoder on another thread has fd 2 redirected for its warnings."""
-    held = STDERR_LOCK.acquire(timeout=STDERR_WAIT_S)
-    try:
+    """``line`` on stderr, once no decoder on another thread has fd 2 redirected for its warnings.
+
+    It waits as long as that decode takes (bounded by ``--max-pixels``): written before, the line
+    would land in the decoder's warnings instead of reaching the user."""
+    with STDERR_LOCK:
         print(line, file=sys.stderr, flush=True)
-    finally:
-        if held:
-            STDERR_LOCK.release()
 
 
 class LockedStderrHandler(logging.StreamHandler):

@@ -122,8 +122,10 @@ def check_header(header: Header, max_pixels: int) -> None:
 def check_decoded(header: Header, frame: np.ndarray) -> None:
     """A JPEG cut short but ended with a marker decodes with flat grey where data is missing: refuse it.
 
-    Only where the decoder's own warning could not be collected (no fd 2): a picture may end in exactly
-    that grey (a letterbox, a synthetic image), and libjpeg warns whenever it paints it."""
+    Called only where the decoder warned about something, or its warnings could not be collected (no
+    fd 2): a clean picture may end in exactly that grey (a letterbox, a synthetic image), while libjpeg
+    warns whenever it paints it, though only its first warning per image is printed, so an earlier one
+    (bad SOS parameters, corrupt data) can stand in for "premature end"."""
     if header.format == "jpeg" and frame.shape[0] >= 8 and bool((frame[-8:] == GREY).all()):
         raise ImageError("truncated JPEG (the bottom of the picture is missing)")
 
@@ -142,8 +144,10 @@ def native_warnings(hold_stderr: bool = True) -> Iterator["DecoderMessages"]:
     second, raw line beside ours; collected, they tell a truncated JPEG apart and are logged at debug
     level. File descriptor 2 is the process's: while it is redirected, ``STDERR_LOCK`` is held, and
     our own writers to stderr on other threads (edge-classify's error lines, its log handler and
-    progress bar while the next image decodes ahead) take it before writing. ``hold_stderr=False``
-    is for what may hang (a camera open): other threads' lines written meanwhile land here instead.
+    progress bar while the next image decodes ahead) take it before writing. What native code on
+    another thread writes to fd 2 meanwhile (onnxruntime, CUDA) lands here, logged at debug level
+    with the decoder's lines. ``hold_stderr=False`` is for what may hang (a camera open): other
+    threads' lines written meanwhile land here too.
     """
     messages = DecoderMessages()
     with STDERR_LOCK if hold_stderr else contextlib.suppress():

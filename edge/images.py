@@ -100,7 +100,7 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: Optio
     if frame is None:
         raise ImageError("not an image OpenCV can decode")
     truncated_by_warning(header, warnings)
-    if not warnings.collected:
+    if warnings or not warnings.collected:  # libjpeg prints one warning per image: an earlier one hides its EOF's
         check_decoded(header, frame)
     return frame
 

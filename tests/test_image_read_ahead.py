@@ -53,13 +53,32 @@ def test_the_worker_stays_at_most_depth_results_ahead_of_the_reader(depth):
     assert started == list(range(20))
 
 
-def test_a_reader_that_stops_early_ends_the_worker():
+def test_a_reader_that_stops_early_waits_for_the_worker_to_end():
     started = []
-    results = read_ahead(lambda n: started.append(n) or n, range(1000), depth=1)
+
+    def slow(n):
+        started.append(n)
+        time.sleep(0.05)  # the job in hand when the reader leaves (an image being decoded)
+        return n
+
+    results = read_ahead(slow, range(1000), depth=1)
     assert next(results) == (0, 0)
     results.close()  # what a `| head` or an exception in the reader does to the generator
-    time.sleep(0.5)
-    assert len(started) <= 4 and not any(t.name == "edge-read-ahead" for t in threading.enumerate())
+    # Gone on return, not later: a worker still inside OpenCV at interpreter exit aborts the process.
+    assert not any(t.name == "edge-read-ahead" for t in threading.enumerate()) and len(started) <= 4
+
+
+def test_a_worker_that_fails_outside_the_jobs_does_not_leave_the_reader_waiting():
+    def jobs():
+        yield 1
+        raise OSError("the folder went away")
+
+    results = read_ahead(lambda n: n, jobs(), depth=1)
+    assert next(results) == (1, 1)
+    with pytest.raises(OSError, match="went away"):  # raised where the reader stands, not lost on the thread
+        next(results)
+    exit_request = list(read_ahead(lambda n: sys.exit(3), [1], depth=1))
+    assert isinstance(exit_request[0][1], SystemExit)  # handed over, for the reader to raise
 
 
 @pytest.mark.parametrize("provider", ["CUDAExecutionProvider", "TensorrtExecutionProvider", "cuda"])
@@ -67,6 +86,12 @@ def test_with_a_gpu_several_images_are_read_one_ahead(provider):
     assert image_read_ahead(None, 5, provider, decoder_core=False) == 1
     assert image_read_ahead(None, 1, provider, decoder_core=False) == 0  # one image: nothing to overlap
     assert image_read_ahead(0, 5, provider, decoder_core=False) == 0
+
+
+def test_with_output_images_are_not_read_ahead_unless_asked():
+    """Each waiting image would hold its full-size frame for drawing (300 MB at 100 MP)."""
+    assert image_read_ahead(None, 5, "cuda", decoder_core=False, labelled=True) == 0
+    assert image_read_ahead(2, 5, "cuda", decoder_core=False, labelled=True) == 2
 
 
 @pytest.mark.parametrize("provider", ["CPUExecutionProvider", "cpu"])
@@ -94,6 +119,7 @@ def test_the_decoder_gets_a_core_for_large_images_or_when_asked(tmp_path, photos
     assert wants_decoder_core(None, items_of(large)) and not wants_decoder_core(None, items_of(small))
     assert wants_decoder_core(1, items_of(small))  # --read-ahead 1 asks for it
     assert not wants_decoder_core(0, items_of(large)) and not wants_decoder_core(None, items_of(large[:1]))
+    assert not wants_decoder_core(None, items_of(large), labelled=True) and wants_decoder_core(1, items_of(large), True)
     assert not wants_decoder_core(None, items_of([tmp_path / "missing.jpg", tmp_path / "missing2.jpg"]))
     with pytest.raises(EdgeError, match="--read-ahead"):
         wants_decoder_core(-1, items_of(large))
@@ -183,16 +209,17 @@ def test_error_lines_are_not_lost_while_the_next_image_decodes(photo_onnx, photo
 def test_error_messages_wait_until_no_decoder_holds_stderr(capsys):
     from edge.errors import STDERR_LOCK, print_error
 
-    released = threading.Event()
+    holding, released = threading.Event(), threading.Event()
 
     def decode_for_a_while():
         with STDERR_LOCK:
+            holding.set()
             time.sleep(0.3)
             released.set()
 
     holder = threading.Thread(target=decode_for_a_while)
     holder.start()
-    time.sleep(0.05)
+    assert holding.wait(10)
     print_error("edge-classify: x.jpg: not an image")
     assert released.is_set()  # written only once the decoder had given fd 2 back
     holder.join()
@@ -208,3 +235,37 @@ def test_the_size_probe_never_blocks_on_a_fifo_named_like_an_image(tmp_path):
     os.mkfifo(str(fifo))  # opened for reading, a FIFO waits for a writer: the probe must not
     assert header_pixels(fifo) is None and header_pixels(tmp_path / "missing.jpg") is None
     assert not wants_decoder_core(None, items_of([fifo, tmp_path / "other.jpg"]))
+
+
+def slow_pngs(folder, photos, count=6):
+    """Large PNGs (each decodes for tens of ms): an early exit finds the worker inside OpenCV."""
+    import cv2
+
+    folder.mkdir()
+    big = cv2.resize(np.ascontiguousarray(photos["coffee"][..., ::-1]), (3000, 2000))
+    data = cv2.imencode(".png", big, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
+    for i in range(count):
+        (folder / f"{i}.png").write_bytes(data)
+    return folder
+
+
+def test_a_reader_that_goes_away_mid_run_exits_141_not_an_abort(photo_onnx, photos, tmp_path):
+    folder = slow_pngs(tmp_path / "big", photos)
+    run = subprocess.Popen([sys.executable, "-m", "edge.cli", "--model", str(photo_onnx), "--image", str(folder),
+                            "--json", "--read-ahead", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run.stdout.read(10)  # `| head -c 10`: the first line has come, then the reader leaves
+    run.stdout.close()
+    err = run.stderr.read().decode()
+    assert run.wait(timeout=120) == 141 and err == "", err
+
+
+def test_ctrl_c_mid_run_exits_130_not_an_abort(photo_onnx, photos, tmp_path):
+    import signal
+
+    folder = slow_pngs(tmp_path / "big", photos, count=40)
+    run = subprocess.Popen([sys.executable, "-m", "edge.cli", "--model", str(photo_onnx), "--image", str(folder),
+                            "--json", "--read-ahead", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run.stdout.readline()  # classifying: the worker is decoding the next images
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and err.decode().strip().endswith("interrupted"), err

@@ -133,3 +133,16 @@ def test_truncation_by_grey_band_where_decoder_warnings_cannot_be_caught(tmp_pat
     with pytest.raises(ImageError, match="bottom of the picture is missing"):
         read_image(tmp_path / "cut.jpg")
     assert read_image(write_jpeg(tmp_path / "ok.jpg", photos["coffee"])).shape[2] == 3
+
+
+def test_truncation_is_caught_when_an_earlier_warning_hides_libjpegs_own(tmp_path, photos):
+    """libjpeg prints one warning per image: after "Invalid SOS parameters" its "premature end" never comes,
+    so the grey band left where data ran out is checked whenever the decoder warned at all."""
+    data = bytearray(write_jpeg(tmp_path / "x.jpg", big(photos["coffee"], 1600, 1200)).read_bytes())
+    sos = data.index(b"\xff\xda")
+    data[sos + 1 + struct.unpack(">H", data[sos + 2:sos + 4])[0]] = 0x01  # Ah/Al 0/1: a sequential-JPEG warning
+    (tmp_path / "odd.jpg").write_bytes(bytes(data))
+    (tmp_path / "odd_cut.jpg").write_bytes(bytes(data[: len(data) // 2]) + b"\xff\xd9")
+    assert read_image(tmp_path / "odd.jpg").shape == (1200, 1600, 3)  # warned, but whole: still classified
+    with pytest.raises(ImageError, match="truncated"):
+        read_image(tmp_path / "odd_cut.jpg")

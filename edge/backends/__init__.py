@@ -69,7 +69,8 @@ def open_backend(path: Path, backend: str = "auto", device: str = "auto", thread
 
     ``threads``: CPU threads for the runtime (None: its default for the device; see each backend).
     ``spare_cores``: when ``threads`` is None and the model runs on the CPU, it gets the cores this
-    process may use less these, without busy-waiting (``edge-classify --image`` decodes beside it).
+    process may use less these (onnxruntime's pool then without busy-waiting; torch's OpenMP pool keeps
+    its own wait policy), so ``edge-classify --image`` can decode beside it.
     """
     path = Path(path)
     if not path.is_file():
