@@ -164,7 +164,8 @@ def _main(args: argparse.Namespace) -> int:
 
     model = args.model or ensure_default_model()
     items = expand_inputs(args.image) if args.image else []
-    decoder_core = args.image is not None and wants_decoder_core(args.read_ahead, items, args.output is not None)
+    labelled = args.output is not None  # full-size frames are kept for drawing: no read-ahead unless asked
+    decoder_core = args.image is not None and wants_decoder_core(args.read_ahead, items, labelled)
     classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
                                  topk=args.topk, threads=args.threads, spare_cores=1 if decoder_core else 0)
     log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
@@ -172,7 +173,7 @@ def _main(args: argparse.Namespace) -> int:
              classifier.spec.resize_side, classifier.spec.precision, classifier.backend.provider)
     if args.image:
         read_ahead = image_read_ahead(args.read_ahead, len(items), classifier.backend.provider, decoder_core,
-                                      labelled=args.output is not None)
+                                      labelled)
         log.debug("%d images, %d read ahead of the model", len(items), read_ahead)
         return run_images(args, classifier, items, read_ahead)
     from .loop import StreamOptions, run_stream
@@ -216,8 +217,9 @@ def image_read_ahead(requested: Optional[int], count: int, provider: str, decode
         return requested
     if labelled:  # each waiting image keeps its full-size frame to draw on: up to 300 MB at 100 MP
         return 0
-    on_gpu = not provider.lower().startswith("cpu")
-    return IMAGE_READ_AHEAD if on_gpu or decoder_core else 0
+    from .backends import runs_on_cpu
+
+    return IMAGE_READ_AHEAD if decoder_core or not runs_on_cpu(provider) else 0
 
 
 def run_images(args: argparse.Namespace, classifier, items: List, read_ahead: int = 0) -> int:

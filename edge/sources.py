@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from . import contract
+from .backends import runs_on_cpu
 from .errors import EdgeError
 from .imagecheck import native_warnings
 
@@ -151,7 +152,7 @@ def default_read_ahead(provider: str) -> int:
     added a frame of age (measured on a shared 2-core host: 91 FPS and 4.5 ms age at 0, 81 FPS and
     17 ms at 1). 1 on a GPU, where decoding the next frame on the CPU overlaps inference.
     """
-    return 0 if provider.lower().startswith("cpu") else READ_AHEAD
+    return 0 if runs_on_cpu(provider) else READ_AHEAD
 
 
 def csi_pipeline(sensor: int, width: Optional[int], height: Optional[int], fps: Optional[float],

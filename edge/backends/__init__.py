@@ -85,6 +85,11 @@ def open_backend(path: Path, backend: str = "auto", device: str = "auto", thread
     return cls(path, device=device, threads=threads, spare_cores=spare_cores)
 
 
+def runs_on_cpu(provider: str) -> bool:
+    """Whether a backend's ``provider`` (CPUExecutionProvider, cpu, CUDAExecutionProvider, cuda...) is the CPU."""
+    return provider.lower().startswith("cpu")
+
+
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity, where the platform tells it)."""
     try:
