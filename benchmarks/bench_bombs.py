@@ -2,7 +2,8 @@
 
     python benchmarks/bench_bombs.py [--seed-timeout 60] [--seed-memory-gb 6]
 
-Each bomb is a small file whose header claims a huge image. The seed pipeline decoded whatever the
+Each bomb is a small file whose header claims a huge image, or whose decoding costs far more than its size
+(a progressive JPEG of thousands of scans). The seed pipeline decoded whatever the
 header said (``cv2.imdecode`` / ``cv2.imread``); ``edge-classify --image`` reads the size from the
 header and refuses before decoding. Both run in their own process under ``/usr/bin/time -v`` (peak
 RSS), the seed capped at ``--seed-timeout`` seconds and ``--seed-memory-gb`` of address space so
@@ -75,6 +76,18 @@ def jpeg_real(path: Path, side: int) -> Path:
     return path
 
 
+def jpeg_many_scans(path: Path, side: int, scans: int) -> Path:
+    """A flat ``side`` x ``side`` progressive JPEG whose last (tiny) scan is repeated up to ``scans``:
+    libjpeg decodes every scan, a pass over the whole picture each, so the time grows with scans x pixels."""
+    import numpy as np
+
+    progressive = cv2.imencode(".jpg", np.full((side, side, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+    data = progressive.tobytes()
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    path.write_bytes(data[:end] + data[last:end] * (scans - 10) + data[end:])
+    return path
+
+
 def measured(command: List[str], timeout: float) -> Tuple[str, float, float]:
     """(outcome, seconds, peak RSS MB) of ``command`` under /usr/bin/time -v."""
     started = time.perf_counter()
@@ -95,7 +108,7 @@ def measured(command: List[str], timeout: float) -> Tuple[str, float, float]:
 
 def header_ms(path: Path, rounds: int = 20) -> float:
     """Median milliseconds to read the file and check its header (what runs before any decode)."""
-    from edge.imagecheck import DEFAULT_MAX_PIXELS, ImageError, check_header, inspect_header, read_file_bytes
+    from edge.sources.imagecheck import DEFAULT_MAX_PIXELS, ImageError, check_header, inspect_header, read_file_bytes
 
     times = []
     for _ in range(rounds):
@@ -137,6 +150,7 @@ def main() -> int:
             "PNG header 50000x50000": png_header_only(folder / "png50000.png", 50000),
             "JPEG header 25000x25000": jpeg_claiming(folder / "jpeg25000.jpg", 25000),
             "JPEG 12000x12000, real": jpeg_real(folder / "jpeg12000.jpg", 12000),
+            "progressive JPEG 1024x1024, 16000 scans": jpeg_many_scans(folder / "scans.jpg", 1024, 16000),
             "(not a bomb: JPEG 640x640, for the baseline)": jpeg_real(folder / "jpeg640.jpg", 640),
         }
         limit = str(int(args.seed_memory_gb * (1 << 30)))

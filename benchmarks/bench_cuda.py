@@ -88,7 +88,7 @@ def seed_stages(model, frames: Sequence[Path], device: str) -> Dict[str, object]
 
 def our_stages(classifier, frames: Sequence[Path]) -> Dict[str, object]:
     """edge-classify's classify step on the GPU: per-stage medians and its top-1s."""
-    from edge.images import read_image
+    from edge.sources.images import read_image
 
     stages: Dict[str, List[float]] = {"decode": [], "preprocess": [], "infer": []}
     top1 = []
@@ -109,7 +109,7 @@ def compare(title: str, model, artifacts: Dict[str, Path], frames: Sequence[Path
     ``agreement``: whether top-1 against the seed means anything (not for random weights, whose logits
     are nearly equal for every class).
     """
-    from edge.classify import Classifier
+    from edge.model.classify import Classifier
 
     model = model.to(device).eval()
     rows = []

@@ -3,7 +3,7 @@
     python benchmarks/bench_image.py [--rounds 20] [--arch mobilenet_v2]
 
 Seed pipeline: cv2.imread -> RGB -> PIL -> torchvision Resize/CenterCrop/ToTensor/Normalize -> eager
-FP32 torch -> argmax. Ours: OpenCV decode -> edge.preprocess -> FP32 ONNX (uint8 input) on
+FP32 torch -> argmax. Ours: OpenCV decode -> edge.model.preprocess -> FP32 ONNX (uint8 input) on
 onnxruntime's CPU provider -> softmax/top-k. Weights are random (speed does not depend on them).
 Also times a whole single-image ``edge-classify`` process: wall time and peak memory.
 """
@@ -84,7 +84,7 @@ def seed_stages(model) -> Callable[[Path], Dict[str, float]]:
 
 
 def our_stages(classifier) -> Callable[[Path], Dict[str, float]]:
-    from edge.images import read_image
+    from edge.sources.images import read_image
 
     def run(path: Path) -> Dict[str, float]:
         t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def our_stages(classifier) -> Callable[[Path], Dict[str, float]]:
 
 
 def model_alone(classifier, frames: List[Path], rounds: int) -> float:
-    from edge.images import read_image
+    from edge.sources.images import read_image
 
     batches = [classifier.preprocess(read_image(p))[None] for p in frames]
     stages = lambda i: {"infer": _timed(lambda: classifier.backend.run(batches[i]))}  # noqa: E731
@@ -157,7 +157,7 @@ def measure(mode: str, artifact: Path, frames: List[Path], rounds: int) -> Dict[
 
         torch.manual_seed(0)
         return time_stages(frames, seed_stages(build_model(artifact.stem).eval()), rounds)
-    from edge.classify import Classifier
+    from edge.model.classify import Classifier
 
     classifier = Classifier.open(artifact, device="cpu")
     result = time_stages(frames, our_stages(classifier), rounds)

@@ -7,7 +7,7 @@ pipeline in its own process (ours never loads torch, as on a device):
 
 - seed: cv2 read -> RGB -> PIL -> torchvision Resize/CenterCrop/ToTensor/Normalize -> eager FP32 torch -> argmax;
 - preprocess + infer alone: edge's classify step on frames decoded beforehand (the ceiling for the loop);
-- the loop (``edge.loop.classify_frames``, the code behind ``edge-classify --source``) with JSON lines,
+- the loop (``edge.pipeline.run``, the code behind ``edge-classify --source``) with JSON lines,
   with human lines, and with JSON plus the overlay video (``--output``);
 - the output step alone: drawing the overlay and formatting the JSON line;
 - the loop with the video file read 0, 1, 2 and 4 frames ahead (``--read-ahead``): FPS, frame age, and
@@ -88,7 +88,7 @@ DEPTH_ROUNDS = 3  # alternating runs of each read-ahead depth; medians reported
 
 
 def measure_ours(artifact: Path, video: Path, device: str = "cpu", threads: Optional[int] = None) -> Dict[str, object]:
-    from edge.classify import Classifier
+    from edge.model.classify import Classifier
 
     classifier = Classifier.open(artifact, device=device, threads=threads)
     frames = decoded_frames(video)
@@ -123,28 +123,17 @@ def classify_alone(classifier, frames: List[np.ndarray]) -> float:
 
 def run_loop(classifier, video: Path, overrides: Dict[str, object]) -> Dict[str, object]:
     """The real loop over the whole file, stdout discarded; FPS and per-stage medians."""
-    from edge.loop import StageTimes, StreamOptions, StreamOutput, classify_frames
-    from edge.notify import Notifier
-    from edge.sources import Grabber, open_capture, parse_source
+    from edge.cli import plan_concurrency, run_stream
+    from edge.model.backends import runs_on_cpu
+    from edge.pipeline import StageTimes
+    from edge.settings import Settings
 
-    from edge.sources import default_read_ahead
-
-    options = StreamOptions(stats_interval=0, **overrides)
-    stop = threading.Event()
-    spec = parse_source(source=str(video))
-    read_ahead = default_read_ahead(classifier.backend.provider) if options.read_ahead is None else options.read_ahead
-    grabber = Grabber(spec, open_capture, read_ahead=read_ahead)
-    grabber.open_first()
-    output = StreamOutput(options, spec.name, stop, video_fps=lambda: FPS)
+    settings = Settings(source=str(video), stats_interval=0, quiet=True, **overrides)
+    plan = plan_concurrency(settings, [], gpu=not runs_on_cpu(classifier.backend.provider))
+    times = StageTimes()
     cpu_started = os.times()
-    grabber.start()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            times: StageTimes = classify_frames(classifier, grabber, output, options, Notifier.from_environment(),
-                                                stop)
-    finally:
-        grabber.close()
-        output.close()
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_stream(settings, classifier, plan, threading.Event(), times)
     cpu_ended = os.times()
     cpu_s = (cpu_ended.user - cpu_started.user) + (cpu_ended.system - cpu_started.system)
     ages = times.history.pop("age")
@@ -155,7 +144,8 @@ def run_loop(classifier, video: Path, overrides: Dict[str, object]) -> Dict[str,
 
 def output_alone(classifier, frames: List[np.ndarray]) -> Dict[str, float]:
     """Median ms of drawing the overlay, and of formatting a JSON line, on the video's frames."""
-    from edge.output import draw_label, json_line
+    from edge.sinks.console import json_line
+    from edge.sinks.overlay import draw_label
 
     overlay, line = [], []
     for frame in frames:

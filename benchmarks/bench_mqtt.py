@@ -3,7 +3,7 @@
     python benchmarks/bench_mqtt.py [--frames 300] [--rounds 3] [--arch mobilenet_v2]
 
 Needs the ``mosquitto`` binary (started here on a free loopback port), paho-mqtt and prometheus_client.
-The loop (``edge.loop.classify_frames``, the code behind ``edge-classify --source``) runs over a 640x480
+The loop (``edge.pipeline.run``, the code behind ``edge-classify --source``) runs over a 640x480
 MJPG video with human output, rounds alternating between:
 
 - the loop as it was before issue 15 (no MQTT, no metrics): the baseline;
@@ -13,8 +13,8 @@ MJPG video with human output, rounds alternating between:
 - ``--mqtt-every frame`` and ``--metrics-port`` together.
 
 It prints the loop's FPS and its output-stage milliseconds (medians over rounds; publishing and the
-metrics are timed inside that stage), the cost of one ``FleetOutputs.frame`` call alone (building
-the JSON payload and queueing it, plus the histograms), and how fast a backlog goes into the spool
+metrics are timed inside that stage), the cost of one ``Telemetry.send`` call alone (building
+the JSON payload and writing it to the sqlite spool, plus the histograms), and how fast a backlog goes into the spool
 while the broker is down and out of it once the broker is back. Weights are random: speed does not
 depend on them.
 """
@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Dict, List
 
@@ -39,7 +38,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_loop import FPS, decode_all, make_video  # noqa: E402
+from bench_loop import FPS, make_video  # noqa: E402
+
+
+def decode_all(video: Path) -> list:
+    """Every frame of the video, decoded once (the per-call cost below leaves decoding out)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    ok, frame = capture.read()
+    while ok:
+        frames.append(frame)
+        ok, frame = capture.read()
+    capture.release()
+    return frames
 
 
 def free_port() -> int:
@@ -65,41 +78,23 @@ def start_broker(folder: Path, port: int = 0) -> "tuple[subprocess.Popen, int]":
 
 def run_loop(classifier, video: Path, flags: List[str]) -> Dict[str, float]:
     """The real loop over the whole file with these edge-classify flags; FPS and the output stage's median ms."""
-    from edge.cli import build_parser
-    from edge.fleet import FleetOutputs
-    from edge.loop import StreamOptions, StreamOutput, classify_frames
-    from edge.notify import Notifier
-    from edge.sources import Grabber, open_capture, parse_source
+    from edge.cli import build_parser, plan_concurrency, run_stream
+    from edge.pipeline import StageTimes
+    from edge.settings import settings_from_args
 
-    args = build_parser().parse_args(["--source", str(video), "--stats-interval", "0", "-q", *flags])
-    options = StreamOptions.from_args(args)
-    stop = threading.Event()
-    spec = parse_source(source=str(video))
-    grabber = Grabber(spec, open_capture)
-    grabber.open_first()
-    fleet = FleetOutputs.open(options.fleet, spec.name, classifier)
-    if fleet is not None:
-        fleet.watch(grabber)
-    output = StreamOutput(options, spec.name, stop, video_fps=lambda: FPS)
-    grabber.start()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            times = classify_frames(classifier, grabber, output, options, Notifier.from_environment(), stop, fleet)
-        if fleet is not None and fleet.metrics is not None:
-            urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics.port}/metrics", timeout=5).read()
-    finally:
-        grabber.close()
-        output.close()
-        if fleet is not None:
-            fleet.close()
+    settings = settings_from_args(build_parser().parse_args(["--source", str(video), "--stats-interval", "0", "-q",
+                                                             *flags]))
+    times = StageTimes()
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_stream(settings, classifier, plan_concurrency(settings, [], gpu=False), threading.Event(), times)
     return {"fps": times.fps(), "output": statistics.median(times.history["output"]), "frames": times.frames}
 
 
 def frame_call_cost(classifier, frames, broker_port: int, spool: Path) -> Dict[str, float]:
-    """Median microseconds of one FleetOutputs.frame call (what the loop thread pays per frame)."""
+    """Median microseconds of one Telemetry.send call (what the loop thread pays per frame)."""
     from edge.cli import build_parser
-    from edge.fleet import FleetOptions, FleetOutputs
-    from edge.loop import frame_record
+    from edge.sinks.telemetry import TelemetryOptions, Telemetry
+    from edge.pipeline import frame_record
 
     results = {}
     for name, flags in (("metrics", ["--metrics-port", "0"]),
@@ -108,17 +103,17 @@ def frame_call_cost(classifier, frames, broker_port: int, spool: Path) -> Dict[s
                         ("mqtt + metrics", ["--mqtt", f"mqtt://127.0.0.1:{broker_port}/bench", "--mqtt-every",
                                             "frame", "--mqtt-spool", str(spool / "cost"), "--metrics-port", "0"])):
         args = build_parser().parse_args(["--source", "x.avi", *flags])
-        fleet = FleetOutputs.open(FleetOptions.from_args(args), "x.avi", classifier)
+        telemetry = Telemetry.open(TelemetryOptions.from_args(args), "x.avi", classifier)
         costs = []
         try:
             for number, frame in enumerate(frames):
                 prediction = classifier.classify(frame)
                 stages = dict(prediction.ms, output=0.1)
                 started = time.perf_counter()
-                fleet.frame(frame_record("x.avi", number, prediction, 20.0, 0), prediction, stages, 20.0, 30.0)
+                telemetry.send(frame_record("x.avi", number, prediction, 20.0, 0), prediction, stages, 20.0, 30.0)
                 costs.append((time.perf_counter() - started) * 1e6)
         finally:
-            fleet.close()
+            telemetry.close()
         results[name] = statistics.median(costs)
     return results
 
@@ -126,8 +121,8 @@ def frame_call_cost(classifier, frames, broker_port: int, spool: Path) -> Dict[s
 def drain_rate(folder: Path, count: int = 5000) -> Dict[str, float]:
     """A backlog of ``count`` messages spooled while the broker is down, then sent when it is up: messages per
     second into the spool, and out of it after the broker is back."""
-    from edge.mqtt import Credentials, Publisher, parse_url
-    from edge.spool import Spool
+    from edge.sinks.mqtt import Credentials, Publisher, parse_url
+    from edge.sinks.spool import Spool
 
     payload = ('{"source":"csi://0","frame":0,"time":1764253001.532,"label":"tabby","index":281,"score":0.83,'
                '"topk":[{"label":"tabby","index":281,"score":0.83}],"age_ms":38.5,"dropped":0}')
@@ -168,7 +163,7 @@ def main() -> None:
     import cv2
     import torch
 
-    from edge.classify import Classifier
+    from edge.model.classify import Classifier
     from export.exporter import export_artifact
     from export.zoo import build_model
 
@@ -220,7 +215,7 @@ def main() -> None:
         output = statistics.median(r["output"] for r in runs)
         print(f"| {name} | {fps:.1f} | {fps / base:.0%} | {output:.3f} |")
     print()
-    print("| one FleetOutputs.frame call (the loop thread's cost per frame) | median µs |")
+    print("| one Telemetry.send call (the loop thread's cost per frame) | median µs |")
     print("|---|---:|")
     for name, value in cost.items():
         print(f"| {name} | {value:.1f} |")

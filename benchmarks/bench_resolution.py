@@ -13,7 +13,7 @@ one onnxruntime session and take turns image by image, so load changes hit both 
   -> eager torch);
 - plain: cv2.imread -> cv2.resize INTER_LINEAR (shorter side 256) -> centre crop -> RGB -> onnxruntime,
   the few lines a competent user writes;
-- ours: edge.images.read_image (JPEG decoded reduced in its DCT when large) -> edge.preprocess -> onnxruntime.
+- ours: edge.sources.images.read_image (JPEG decoded reduced in its DCT when large) -> edge.model.preprocess -> onnxruntime.
 
 Parity: each pipeline's 224x224 crop against torchvision's on the full-size decode, in grey levels
 (mean and max of |difference| over the six photos). Then whole runs, as a user gets them: per
@@ -130,9 +130,9 @@ def seed_pipeline(artifact: str, device: str) -> Pipeline:
 def plain_and_ours(artifact: str, device: str) -> Dict[str, Pipeline]:
     """The plain script and ours, sharing one onnxruntime session: the same model run, so the
     difference between them is decode and preprocess alone, and a change in load hits both alike."""
-    from edge.classify import Classifier
+    from edge.model.classify import Classifier
     from edge.cli import DECODE_MARGIN
-    from edge.images import read_image
+    from edge.sources.images import read_image
 
     classifier = Classifier.open(Path(artifact), device=device)
     min_side = DECODE_MARGIN * classifier.spec.resize_side
@@ -218,26 +218,24 @@ def folder_runner(artifact: str, name: str, device: str) -> Runner:
                 print(json.dumps({"source": path, "index": int(np.argmax(logits))}))
         return plain
 
-    from edge.classify import Classifier
-    from edge.cli import build_parser, image_read_ahead, run_images, wants_decoder_core
-    from edge.imagecheck import DEFAULT_MAX_PIXELS
-    from edge.images import expand_inputs
+    from edge.model.classify import Classifier
+    from edge.cli import build_parser, plan_concurrency, run_images
+    from edge.settings import settings_from_args
+    from edge.sources.imagecheck import DEFAULT_MAX_PIXELS
+    from edge.sources.images import expand_inputs
 
     requested = 0 if name == "ours, in turn" else None  # None: edge-classify's default for these images
-    classifiers: Dict[bool, object] = {}  # opened in the untimed first pass, as the command would for these images
+    classifiers: Dict[int, object] = {}  # opened in the untimed first pass, as the command would for these images
 
     def ours(paths: List[str]) -> None:
         argv = ["--image", *paths, "--json"] + ([] if requested is None else ["--read-ahead", str(requested)])
-        args = build_parser().parse_args(argv)
-        args.max_pixels = DEFAULT_MAX_PIXELS
-        items = expand_inputs(args.image)
-        decoder_core = wants_decoder_core(requested, items)
-        if decoder_core not in classifiers:
-            classifiers[decoder_core] = Classifier.open(Path(artifact), device=device,
-                                                        spare_cores=1 if decoder_core else 0)
-        classifier = classifiers[decoder_core]
-        read_ahead = image_read_ahead(requested, len(items), classifier.backend.provider, decoder_core)
-        run_images(args, classifier, items, read_ahead)
+        settings = settings_from_args(build_parser().parse_args(argv))
+        items = expand_inputs(settings.image)
+        plan = plan_concurrency(settings, items, gpu=device == "cuda")
+        if plan.spare_cores not in classifiers:
+            classifiers[plan.spare_cores] = Classifier.open(Path(artifact), device=device,
+                                                            spare_cores=plan.spare_cores)
+        run_images(settings, classifiers[plan.spare_cores], items, plan, DEFAULT_MAX_PIXELS)
     return ours
 
 
@@ -263,7 +261,7 @@ def plain_runtime(artifact: str, device: str) -> Callable[[np.ndarray], np.ndarr
 def time_folder(run: Runner, paths: List[str], passes: int) -> List[float]:
     """Seconds per pass over ``paths``, end to end; each pass starts with empty plan caches (every size a
     new plan, as in a fresh process). The first pass warms up (and opens the model) and is not counted."""
-    from edge.preprocess import crop_plan, prefilter_kernel
+    from edge.model.preprocess import crop_plan, prefilter_kernel
 
     seconds: List[float] = []
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
@@ -279,7 +277,7 @@ def time_folder(run: Runner, paths: List[str], passes: int) -> List[float]:
 
 def plan_fit_ms() -> float:
     """The per-size plan (prefilter fit included) for a new 4K-ish size, median of 20 sizes."""
-    from edge.preprocess import crop_plan, prefilter_kernel
+    from edge.model.preprocess import crop_plan, prefilter_kernel
 
     samples = []
     for i in range(20):
@@ -302,8 +300,8 @@ def torchvision_crop(rgb: np.ndarray) -> np.ndarray:
 def parity(files: Dict[str, List[str]]) -> Dict[str, Dict[str, Tuple[float, int]]]:
     """(mean, max) |difference| in grey levels against torchvision, per resolution and pipeline."""
     from edge.cli import DECODE_MARGIN
-    from edge.images import read_image
-    from edge.preprocess import resize_and_crop
+    from edge.sources.images import read_image
+    from edge.model.preprocess import resize_and_crop
 
     result: Dict[str, Dict[str, Tuple[float, int]]] = {}
     for key, paths in files.items():
@@ -321,7 +319,7 @@ def parity(files: Dict[str, List[str]]) -> Dict[str, Dict[str, Tuple[float, int]
 
 def csi_parity(files: Dict[str, List[str]]) -> Dict[str, Dict[str, Tuple[float, int]]]:
     """``--csi-resize`` simulated: the frame scaled to the resize size by OpenCV, then our crop."""
-    from edge.preprocess import resize_and_crop, resized_size
+    from edge.model.preprocess import resize_and_crop, resized_size
 
     result: Dict[str, Dict[str, Tuple[float, int]]] = {}
     for key in ("1280x720", "1920x1080"):

@@ -9,7 +9,7 @@ would mean anything). The frames: each photo cut to 4:3 (640x480), 16:9 (1280x72
 torchvision Resize + CenterCrop + Normalize, eager FP32 torch); each target runs its file from ONE
 ``edge-export --target all`` run, fed as its runtime feeds it:
 
-- onnxruntime, tensorrt: through edge-classify's own Classifier (OpenCV decode, edge.preprocess);
+- onnxruntime, tensorrt: through edge-classify's own Classifier (OpenCV decode, edge.model.preprocess);
 - jetson-inference: the frame stretched to the network size by nearest neighbour, ImageNet-normalised;
 - deepstream: the frame stretched by bilinear scaling, 0..255 floats.
 
@@ -79,7 +79,7 @@ def seed_top1(model, bgrs: List[np.ndarray]) -> np.ndarray:
 
 
 def edge_classify_top1(path: Path, bgrs: List[np.ndarray]) -> np.ndarray:
-    from edge.classify import Classifier
+    from edge.model.classify import Classifier
 
     classifier = Classifier.open(path)
     return np.array([classifier.classify(bgr).index for bgr in bgrs])

@@ -29,7 +29,7 @@ SETTINGS = (None, 1, 2)  # None: onnxruntime's defaults (a thread per core, spin
 
 
 def measure(artifact: Path, threads: Optional[int], runs: int) -> Dict[str, float]:
-    from edge.backends.onnxruntime import OnnxRuntimeBackend
+    from edge.model.backends.onnxruntime import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(artifact, device="cpu", threads=threads)
     batch = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)

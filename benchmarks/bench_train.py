@@ -1,6 +1,13 @@
 """edge-train on a real 10-class image folder, then the same val images through edge-export and edge-classify.
 
     python benchmarks/bench_train.py [--epochs 4] [--arch mobilenet_v2] [--lr 0.01] [--keep DIR]
+    python benchmarks/bench_train.py --throughput [--epochs 2] [--side 64]   # images/s per setup
+
+``--throughput`` prints training images/s (the last epoch's train phase, so start-up and the first
+epoch's warm-up are left out) for: a bare training loop in the style of torchvision's reference
+``train.py`` (DataLoader, SGD, CrossEntropyLoss; nothing else: the floor of what edge-train adds),
+edge-train with 1 process and with 2 processes on the CPU (``torchrun --standalone``, gloo), and where
+torch sees CUDA, 1 GPU in FP32 (``--no-amp``) and with ``--amp``.
 
 The folder: scikit-learn's 1,797 handwritten digits (real scans, 8x8), scaled up to 64 px PNGs, every
 fifth image in val/ (1,437 train, 360 val). The run: ``--weights none`` (from scratch, no download),
@@ -16,6 +23,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -63,7 +71,11 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--workers", default=None, help="edge-train --workers (default: its own)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--throughput", action="store_true", help="images/s per setup instead of the accuracy table")
+    parser.add_argument("--batch-size", type=int, default=32, help="per process, for --throughput (default 32)")
     args = parser.parse_args(argv)
+    if args.throughput:
+        return throughput(args)
 
     from export.train.checkpoint import load_checkpoint
     from export.cli import export_main
@@ -119,6 +131,83 @@ def ckpt_history(out: Path, best_ckpt: dict) -> List[dict]:
 
     last = out.with_name(f"{out.stem}.last{out.suffix}")
     return load_checkpoint(last)["history"] if last.exists() else best_ckpt["history"]
+
+
+def throughput(args: argparse.Namespace) -> int:
+    """Training images/s per setup (see the module's docstring); one fresh process per setup."""
+    import torch
+
+    with contextlib.ExitStack() as stack:
+        work = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_train-")))
+        data = make_digits(work / "digits", args.side)
+        common = ["--data", str(data), "--arch", args.arch, "--weights", "none", "--image-size", str(args.side),
+                  "--augment", "none", "--lr", args.lr, "--epochs", str(args.epochs), "--batch-size",
+                  str(args.batch_size), "--workers", args.workers or "0"]
+        setups = [("edge-train, CPU, 1 process, FP32", [], ["--device", "cpu"]),
+                  ("edge-train, CPU, 2 processes (gloo), FP32", TORCHRUN_2, ["--device", "cpu"])]
+        if torch.cuda.is_available():
+            setups += [("edge-train, 1 GPU, FP32", [], ["--device", "cuda", "--no-amp"]),
+                       ("edge-train, 1 GPU, AMP + channels_last", [], ["--device", "cuda", "--amp"])]
+        rows = [("bare loop (torchvision reference style), CPU, 1 process", bare_loop(data, args, "cpu"))]
+        if torch.cuda.is_available():
+            rows.append(("bare loop (torchvision reference style), 1 GPU, FP32", bare_loop(data, args, "cuda")))
+        for index, (name, launcher, flags) in enumerate(setups):
+            out = work / f"run{index}" / "digits.pt"
+            rows.append((name, edge_train_rate(launcher, common + flags + ["--out", str(out)], out)))
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{args.arch} from scratch, {args.side} px, batch {args.batch_size} per process, last of "
+          f"{args.epochs} epochs, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} (torchrun sets 1 per process)")
+    print(f"{'setup':<{width}}  {'images/s':>9}")
+    for name, rate in rows:
+        print(f"{name:<{width}}  {rate:>9.1f}")
+    return 0
+
+
+TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def edge_train_rate(launcher: List[str], train_argv: List[str], out: Path) -> float:
+    """Run edge-train in a fresh process (under torchrun when ``launcher``); its last epoch's train images/s."""
+    command = [sys.executable] + (launcher or []) + ["-m", "export.train"] + train_argv
+    print(" ".join(command[1:]), flush=True)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    if result.returncode != 0:
+        raise SystemExit(f"edge-train failed: {result.stderr.strip()[-2000:]}")
+    metrics = json.loads(out.with_name(f"{out.stem}.metrics.json").read_text())
+    last = metrics["epochs"][-1]
+    return last["train_images"] / last["train_seconds"]
+
+
+def bare_loop(data: Path, args: argparse.Namespace, device_name: str) -> float:
+    """torchvision reference train.py's inner loop on the same images and transforms: images/s of the last epoch."""
+    import torch
+
+    from export.train.data import ImageFiles, eval_transform, find_image_folders, resize_for
+    from export.zoo import build_model
+
+    device = torch.device(device_name)
+    folders = find_image_folders(data)
+    dataset = ImageFiles(folders.train, eval_transform(side=args.side, resize=resize_for(args.side)))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
+                                         num_workers=int(args.workers or 0), pin_memory=device.type == "cuda")
+    model = build_model(args.arch, len(folders.classes)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(args.lr), momentum=0.9)
+    criterion = torch.nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(args.epochs):
+        started, seen = time.perf_counter(), 0
+        for images, targets in loader:
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            loss = criterion(model(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the reference logs the loss every step: the same synchronisation
+            seen += len(targets)
+        seconds = time.perf_counter() - started
+    return seen / seconds
 
 
 if __name__ == "__main__":

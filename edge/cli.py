@@ -1,5 +1,8 @@
 """``edge-classify``: run an artifact on images, folders, globs, cameras, videos and streams.
 
+The composition root: the command line becomes one frozen ``Settings``; here, once, the source, the
+model (with its threads) and the sinks are built from it and handed to ``edge.pipeline.run``.
+
     edge-classify --model mobilenet_v2.onnx --image cat.jpg photos/ "shots/*.png" --topk 3
     edge-classify --model mobilenet_v2.onnx --image photos/ --json > results.jsonl
     edge-classify --model mobilenet_v2.onnx --camera 0 --display
@@ -11,26 +14,28 @@ in one line, and with ``-v`` shows its traceback (``edge.errors``).
 
 
 import argparse
-import contextlib
 import logging
+import os
 import sys
-import time
+import threading
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence
 
-from . import __version__
-from .argtypes import positive_int
-from .errors import EXIT_FAILED as EXIT_SOME_FAILED
-from .errors import (EXIT_OK, EXIT_USAGE, STDERR_LOCK, EdgeError, LockedStderrHandler, add_version, parse_arguments,
-                     print_error, run_guarded)
-from .fleet import add_fleet_arguments, check_fleet_arguments
+from edge import __version__
+from edge.argtypes import positive_int
+from edge.errors import EXIT_USAGE, add_version, parse_arguments, print_error, run_guarded, use_own_stderr
+from edge.model.swap import add_model_swap_arguments
+from edge.settings import Settings, check_settings, settings_from_args
+from edge.sinks.collect import add_collect_arguments
+from edge.sinks.telemetry import add_telemetry_arguments
+from edge.sinks.web import add_serve_arguments
 
 OPENCV_HINT = ("OpenCV (cv2) is not importable: on a desktop, pip install '.[runtime,desktop]' in the edge-classifier "
                "checkout ('.[runtime,opencv-headless]' without a screen); on a Jetson, "
                "use JetPack's OpenCV (sudo apt install nvidia-opencv), and in a virtual environment create it "
                "with --system-site-packages so it sees that cv2 (python3 -m venv --system-site-packages ENV)")
 DECODE_MARGIN = 2  # a reduced JPEG decode keeps at least this many times the model's resize side
-IMAGE_READ_AHEAD = 1  # images decoded ahead of the model in a run of several (see image_read_ahead)
+READ_AHEAD = 1  # frames or images read ahead of the model where that pays (see plan_concurrency)
 READ_AHEAD_MIN_PIXELS = 900_000  # on a CPU, images from about 1280x720 up are read ahead by default
 
 log = logging.getLogger("edge-classify")
@@ -69,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
     add_version(parser, __version__)
     add_stream_arguments(parser)
-    add_fleet_arguments(parser)
+    add_telemetry_arguments(parser)
+    add_serve_arguments(parser)
+    add_model_swap_arguments(parser)
+    add_collect_arguments(parser)
     return parser
 
 
@@ -117,220 +125,250 @@ def _tries(text: str) -> int:
 
 
 def check_values(args: argparse.Namespace) -> Optional[str]:
-    """What is wrong with the numbers given, whichever the input (a bad value is never silently ignored)."""
-    checks = (
-        (args.topk < 1, f"--topk must be at least 1, not {args.topk}"),
-        (not 0.0 <= args.threshold <= 1.0, f"--threshold is a probability between 0 and 1, not {args.threshold}"),
-        (args.smooth < 1, f"--smooth must be at least 1 frame, not {args.smooth}"),
-        (not args.stats_interval >= 0, f"--stats-interval must be 0 (never) or more seconds, not {args.stats_interval}"),
-        (args.max_frames is not None and args.max_frames < 1, f"--max-frames must be at least 1, not {args.max_frames}"),
-    )
-    for bad, message in checks:
-        if bad:
-            return message
-    for flag in ("width", "height", "fps"):
-        value = getattr(args, flag)
-        if value is not None and not 0 < value < 100_000:
-            return f"--{flag} must be a positive number, not {value}"
-    return None
+    """What is wrong with the flags given (``edge-service install`` checks the flags it will start with)."""
+    return check_settings(settings_from_args(args))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, code = parse_arguments(build_parser(), argv)
     if args is None:
         return code
-    return run_guarded("edge-classify", lambda: _main(args), verbose=args.verbose)
+    settings = settings_from_args(args)
+    return run_guarded("edge-classify", lambda: classify(settings), verbose=settings.verbose)
 
 
-def _main(args: argparse.Namespace) -> int:
-    _setup_logging(args)
-    problem = check_values(args)
+def console_main() -> None:
+    """The ``edge-classify`` command: :func:`main`, with our stderr on its own descriptor (so a decoder's
+    redirected fd 2 never swallows a line of ours), and ended at once if a capture thread is stuck in a
+    read that cannot be interrupted (a thread left inside OpenCV at interpreter exit aborts the process)."""
+    use_own_stderr()
+    code = main()
+    from edge.sources.capture import stuck_readers
+
+    if stuck_readers():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+class Concurrency(NamedTuple):
+    """How much is read ahead of the model, and how many cores its CPU runtime leaves for that reading."""
+
+    read_ahead: int
+    spare_cores: int
+
+
+def classify(settings: Settings, stop: Optional[threading.Event] = None) -> int:
+    """Build the source, the model and the sinks from ``settings`` and run the loop (until ``stop``, too)."""
+    _setup_logging(settings)
+    problem = check_settings(settings)
     if problem:
         return _fail(problem)
-    fleet_problem = check_fleet_arguments(args)
-    if fleet_problem:
-        return _fail(fleet_problem)
     try:
         import cv2  # noqa: F401
     except ImportError:
         return _fail(OPENCV_HINT)
-    from .classify import Classifier
-    from .defaults import ensure_default_model
-    from .imagecheck import DEFAULT_MAX_PIXELS, limit_opencv_decoder
-    from .images import expand_inputs
+    from edge.model.backends import gpu_expected
+    from edge.model.defaults import ensure_default_model
+    from edge.sources.imagecheck import DEFAULT_MAX_PIXELS, limit_opencv_decoder
 
-    args.max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    limit_opencv_decoder(args.max_pixels)  # before the first decode: OpenCV reads it once
-
-    model = args.model or ensure_default_model()
-    items = expand_inputs(args.image) if args.image else []
-    labelled = args.output is not None  # full-size frames are kept for drawing: no read-ahead unless asked
-    decoder_core = args.image is not None and wants_decoder_core(args.read_ahead, items, labelled)
-    classifier = Classifier.open(model, backend=args.backend, device=args.device, labels=args.labels,
-                                 topk=args.topk, threads=args.threads, spare_cores=1 if decoder_core else 0)
-    log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, classifier.spec.arch,
-             classifier.spec.num_classes, classifier.spec.input_kind, classifier.spec.input_side,
-             classifier.spec.resize_side, classifier.spec.precision, classifier.backend.provider)
-    if args.image:
-        read_ahead = image_read_ahead(args.read_ahead, len(items), classifier.backend.provider, decoder_core,
-                                      labelled)
-        log.debug("%d images, %d read ahead of the model", len(items), read_ahead)
-        return run_images(args, classifier, items, read_ahead)
-    from .loop import StreamOptions, run_stream
-
-    return run_stream(StreamOptions.from_args(args), classifier)
+    max_pixels = settings.max_pixels or DEFAULT_MAX_PIXELS
+    limit_opencv_decoder(max_pixels)  # before the first decode: OpenCV reads it once
+    model = settings.model or ensure_default_model()
+    items = _image_items(settings)
+    plan = plan_concurrency(settings, items, gpu_expected(model, settings.backend, settings.device))
+    classifier = _open_model(settings, model, plan)
+    if settings.streaming:
+        return run_stream(settings, classifier, plan, stop or threading.Event(), model=model)
+    return run_images(settings, classifier, items, plan, max_pixels)
 
 
-def wants_decoder_core(requested: Optional[int], items: List, labelled: bool = False) -> bool:
-    """Whether a CPU model should leave a core to the decoder (decided before it loads: onnxruntime's
-    pool is sized once): for ``--read-ahead`` 1 or more, or by default when the first image is at least
-    READ_AHEAD_MIN_PIXELS (from 720p up, decoding is worth a core of its own)."""
-    from .images import header_pixels
+def plan_concurrency(settings: Settings, items: Sequence, gpu: bool) -> Concurrency:
+    """Read-ahead and the model's spare cores, decided once, before the model loads (its pool is sized then).
 
-    if requested is not None and requested < 0:
-        raise EdgeError(f"--read-ahead must be 0 or more, not {requested}")
-    if len(items) < 2 or requested == 0 or (requested is None and labelled):
-        return False
-    if requested is not None:
-        return True
-    first = next((item.path for item in items if item.path is not None and not item.error), None)
-    pixels = header_pixels(first) if first is not None else None
-    return pixels is not None and pixels >= READ_AHEAD_MIN_PIXELS
-
-
-def image_read_ahead(requested: Optional[int], count: int, provider: str, decoder_core: bool,
-                     labelled: bool = False) -> int:
-    """How many images are decoded and preprocessed ahead of the model (``--read-ahead``).
-
-    One is enough to keep both busy: the next image decoded and preprocessed on one thread while the
-    model runs on the current one. By default: with a GPU, always (the CPU work hides behind
-    inference); on a CPU, when the model left the decoder a core (``wants_decoder_core``). Not with
-    ``--output`` (``labelled``) unless asked: each waiting image then holds its full-size frame.
-    Measured on a 2-core host (benchmarks/bench_resolution.py): 720p to 4K JPEGs ran 1.25-1.5x
-    faster that way than in turn with the model on both cores; at 640x480 it was a wash with
-    onnxruntime (within 10%, either way) and 1.25x slower with TorchScript, whose model loses more
-    with one thread. A single image is not read ahead: the model keeps every core for it.
+    A stream: a video file is read one frame ahead with a GPU (decoding beside inference); on a CPU
+    not at all, since decoding ahead competes with the model for the same cores and adds a frame of
+    age. A live source keeps only its newest frame whatever this says. Images: one is decoded and
+    preprocessed ahead with a GPU, or on a CPU from about 720p up (the model then leaves a core to the
+    reader; below that it was a wash); not with ``--output``, where each waiting image would hold its
+    full-size picture; never for a single image. The measurements behind these: docs/performance.md.
     """
-    if count < 2:
-        return 0
-    if requested is not None:
-        return requested
-    if labelled:  # each waiting image keeps its full-size frame to draw on: up to 300 MB at 100 MP
-        return 0
-    from .backends import runs_on_cpu
+    if settings.streaming:
+        depth = settings.read_ahead if settings.read_ahead is not None else (READ_AHEAD if gpu else 0)
+        return Concurrency(depth, 0)
+    if len(items) < 2:
+        depth = 0
+    elif settings.read_ahead is not None:
+        depth = settings.read_ahead
+    elif settings.output is not None:
+        depth = 0
+    else:
+        depth = READ_AHEAD if gpu or _first_image_pixels(items) >= READ_AHEAD_MIN_PIXELS else 0
+    return Concurrency(depth, 1 if depth and not gpu else 0)
 
-    return IMAGE_READ_AHEAD if decoder_core or not runs_on_cpu(provider) else 0
+
+def _first_image_pixels(items: Sequence) -> int:
+    from edge.sources.images import header_pixels
+
+    first = next((item.path for item in items if item.path is not None and not item.error), None)
+    return (header_pixels(first) or 0) if first is not None else 0
 
 
-def run_images(args: argparse.Namespace, classifier, items: List, read_ahead: int = 0) -> int:
-    """Classify every image named by ``--image``; report bad ones on stderr and carry on."""
-    from .outpaths import OutputError
-    from .prefetch import read_ahead as ahead
+def _image_items(settings: Settings) -> List:
+    if settings.streaming:
+        return []
+    from edge.sources.images import expand_inputs
+
+    return expand_inputs(settings.image, exclude=settings.output)
+
+
+def _open_model(settings: Settings, model: Path, plan: Concurrency) -> Any:
+    from edge.model.backends import runs_on_cpu
+    from edge.model.classify import Classifier
+
+    classifier = Classifier.open(model, backend=settings.backend, device=settings.device, labels=settings.labels,
+                                 topk=settings.topk, threads=settings.threads, spare_cores=plan.spare_cores)
+    spec, provider = classifier.spec, classifier.backend.provider
+    log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, spec.arch, spec.num_classes,
+             spec.input_kind, spec.input_side, spec.resize_side, spec.precision, provider)
+    if spec.precision == "fp16" and runs_on_cpu(provider):  # told once a run; to a person at a terminal by default
+        log.log(logging.WARNING if sys.stderr.isatty() else logging.INFO,"%s is an FP16 model running on the CPU, which has no FP16 arithmetic: an FP32 export "
+                    "(edge-export --precision fp32) runs several times faster here", model.name)
+    return classifier
+
+
+def run_images(settings: Settings, classifier: Any, items: List, plan: Concurrency, max_pixels: int,
+               times: Any = None) -> int:
+    """A list of images through the loop: a line (or JSON line) each, labelled copies with ``--output``."""
+    from edge import pipeline
+    from edge.sinks.collect import Collector
+    from edge.sinks.console import ConsoleSink
+    from edge.sinks.files import LabelledImages, OutputError, output_targets
+    from edge.sources.images import ImageSource
 
     try:
-        targets = output_targets(args.output, items)
+        targets = output_targets(settings.output, items)
     except OutputError as exc:
         return _fail(str(exc))
-    jobs = list(zip(items, targets))
-    # closing(): on an early exit (| head, Ctrl-C) the worker finishes its image before the interpreter goes
-    with contextlib.closing(ahead(lambda job: prepare_image(args, classifier, *job), jobs, read_ahead)) as prepared:
-        failed = sum(not finish_image(args, classifier, item, target, result)
-                     for (item, target), result in _progress(prepared, len(jobs)))
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    drawing = settings.output is not None or settings.benchmark or settings.collect is not None
+    source = ImageSource(items, max_pixels=max_pixels, read_ahead=plan.read_ahead,
+                         prepare=classifier.prepare if plan.read_ahead else None, keep_image=drawing,
+                         min_side=DECODE_MARGIN * classifier.spec.resize_side)
+
+    def open_sinks() -> List:
+        sinks: List = [ConsoleSink(settings.json, settings.topk, every_result=True)]
+        if settings.output is not None:
+            sinks.append(LabelledImages(targets))
+        if settings.collect is not None:
+            sinks.append(Collector(settings.collect, settings.model))
+        return sinks
+
+    log.debug("%d images, %d read ahead of the model", len(items), plan.read_ahead)
+    return pipeline.run(settings, classifier, source, open_sinks, times=times)
 
 
-class PreparedImage(NamedTuple):
-    frame: object  # the decoded BGR frame, kept for --output (None without)
-    batch: object  # the model's input
-    ms: Dict[str, float]  # decode and preprocess times
+def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: threading.Event, times: Any = None,
+               model: Optional[Path] = None) -> int:
+    """A camera, video or stream through the loop, with the sinks its flags ask for, until it ends or ``stop``."""
+    from edge import pipeline
+    from edge.service.notify import Notifier
+    from edge.sinks.collect import Collector
+    from edge.sinks.console import ConsoleSink
+    from edge.sinks.files import LabelledVideo, check_not_an_input
+    from edge.sinks.telemetry import Telemetry
+    from edge.sinks.overlay import Window, opencv_has_gui
+    from edge.sinks.web import LiveView, ServeOptions
+    from edge.sources.capture import Grabber, Reconnect, open_capture, parse_source
 
+    spec = parse_source(camera=settings.camera, source=settings.source, width=settings.width,
+                        height=settings.height, fps=settings.fps,
+                        csi_resize=classifier.spec.resize_side if settings.csi_resize else None)
+    problem = _stream_problem(settings, spec, opencv_has_gui)
+    if problem:
+        return _fail(problem)
+    if settings.output and spec.kind == "file":
+        check_not_an_input([settings.output], [Path(str(spec.target))])
+    notifier = Notifier.from_environment()
+    tries = settings.reconnect
+    reconnect = Reconnect((None if notifier.enabled else 5) if tries is None else (tries or None))
+    grabber = Grabber(spec, open_capture, reconnect=reconnect, loop=settings.loop, on_status=notifier.status,
+                      read_ahead=plan.read_ahead)
+    slot = _model_slot(settings, classifier, plan, model)
 
-def prepare_image(args: argparse.Namespace, classifier, item, target: Optional[Path]) -> PreparedImage:
-    """Decode and preprocess one image (on the read-ahead thread); ImageError and others for a bad one."""
-    from .images import ImageError, read_image
+    def open_sinks() -> List:
+        sinks: List = [ConsoleSink(settings.json, settings.topk, every_result=False)]
+        if settings.output is not None:
+            sinks.append(LabelledVideo(settings.output, lambda: grabber.source_fps or spec.fps or 30.0))
+        if settings.display:
+            sinks.append(Window(settings.fullscreen, stop))
+        telemetry = Telemetry.open(settings.telemetry, spec.name, classifier, stop)
+        if telemetry is not None:
+            telemetry.watch(grabber)
+            sinks.append(telemetry)
+            if slot is not None:
+                slot.listeners.append(telemetry.model_changed)
+                if settings.mqtt_allow_model_updates and telemetry.publisher is not None:
+                    telemetry.publisher.listen(f"{telemetry.publisher.target.prefix}/{telemetry.publisher.name}/"
+                                               "model/set", slot.order)
+        live = LiveView.open(ServeOptions.from_args(settings), spec.name, classifier,
+                             telemetry.metrics if telemetry is not None else None)
+        if live is not None:
+            live.watch(grabber)
+            sinks.append(live)
+            if slot is not None:
+                slot.listeners.append(live.model_changed)
+        if settings.collect is not None:
+            sinks.append(Collector(settings.collect, settings.model))
+            if live is not None:
+                live.review_dir = settings.collect.dir  # the /review page
+        return sinks
 
-    if item.error:
-        raise ImageError(item.error)
-    started = time.perf_counter()
-    # A large JPEG may be decoded reduced (its DCT does the first shrink), unless the labelled copy is wanted.
-    min_side = None if target is not None else DECODE_MARGIN * classifier.spec.resize_side
-    frame = read_image(item.path, args.max_pixels, min_side=min_side)
-    decoded = time.perf_counter()
-    batch = classifier.prepare(frame)
-    ms = {"decode": (decoded - started) * 1e3, "preprocess": (time.perf_counter() - decoded) * 1e3}
-    # The frame is kept only to draw on: waiting in the read-ahead queue, a batch is 150 KB, a 100 MP frame 300 MB.
-    return PreparedImage(frame if target is not None else None, batch, ms)
+    if slot is None:
+        return pipeline.run(settings, classifier, grabber, open_sinks, stop=stop, notifier=notifier, times=times)
+    from edge.model.swap import reload_on_sighup
 
-
-def finish_image(args: argparse.Namespace, classifier, item, target: Optional[Path], prepared) -> bool:
-    """Classify a prepared image and print (and write) its result; False, with one line on stderr, if it
-    or its preparation failed."""
-    import cv2
-
-    from .output import draw_label, format_line, json_line, printable, write_image_atomic
-
+    slot.start()
     try:
-        if isinstance(prepared, BaseException):
-            raise prepared
-        prediction = classifier.classify_prepared(prepared.batch, prepared.ms)
-        if args.json:
-            ms = prediction.ms
-            record = {"source": item.source, **prediction.to_dict()}
-            record["ms"] = {k: round(ms[k], 3) for k in ("decode", "preprocess", "infer")}
-            print(json_line(record), flush=True)
-        else:
-            print(format_line(item.source, prediction, args.topk), flush=True)
-        if target is not None:
-            write_image_atomic(target, draw_label(prepared.frame, prediction))
-    except BrokenPipeError:  # stdout's reader has gone (`| head`): not this image's fault, stop the run
-        raise
-    except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:  # a bad image, an unwritable output
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        print_error(f"edge-classify: {printable(item.source)}: {printable(reason)}")  # waits for a decode's fd 2
-        return False
-    return True
+        with reload_on_sighup(slot):
+            return pipeline.run(settings, classifier, grabber, open_sinks, stop=stop, notifier=notifier,
+                                times=times, slot=slot)
+    finally:
+        slot.close()
 
 
-def output_targets(output: Optional[Path], items: List) -> List[Optional[Path]]:
-    """The file each image's labelled copy goes to (None: not written); OutputError for an unusable --output.
+def _model_slot(settings: Settings, classifier: Any, plan: Concurrency, model: Optional[Path]) -> Any:
+    """Where a reloaded model comes from (SIGHUP, systemctl reload, --watch-model): edge.model.swap."""
+    if model is None:
+        return None
+    from edge.model.classify import Classifier
+    from edge.model.swap import ModelSlot
 
-    ``--output`` is a folder when there are several images or it names one (flattened names, made
-    unique); a file otherwise. No target may be one of the inputs.
-    """
-    from .outpaths import check_image_suffix, check_not_an_input, prepare_folder, unique_names
+    def load(path: Path) -> Any:
+        return Classifier.open(path, backend=settings.backend, device=settings.device, labels=settings.labels,
+                               topk=settings.topk, threads=settings.threads, spare_cores=plan.spare_cores)
 
-    if output is None:
-        return [None] * len(items)
-    check_image_suffix(output)
-    several = len(items) > 1 or any(i.from_folder for i in items)
-    if several or output.is_dir() or not output.suffix:
-        folder = prepare_folder(output)
-        targets = [folder / name for name in unique_names([i.source for i in items])]
-    else:
-        prepare_folder(output.parent)
-        targets = [output]
-    check_not_an_input(targets, [i.path for i in items])
-    return targets  # type: ignore[return-value]
+    return ModelSlot.from_environment(classifier, model, load, settings)
 
 
-def _progress(results: Iterable, count: int) -> Iterable:
-    """``results`` with a progress bar on a terminal, for more than one image (tqdm, where installed)."""
-    if count < 2 or not sys.stderr.isatty():
-        return results
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return results
-    tqdm.set_lock(STDERR_LOCK)  # it redraws while the next image may be decoding with fd 2 redirected
-    return tqdm(results, total=count, unit="img", file=sys.stderr, leave=False)
+def _stream_problem(settings: Settings, spec: Any, has_gui: Any) -> Optional[str]:
+    """What cannot work with this source (found once it is known: a file or a live one)."""
+    if settings.loop and spec.live:
+        return f"--loop replays a video file; {spec.name} is a live source"
+    if settings.read_ahead is not None and spec.live:
+        return f"--read-ahead applies to video files; {spec.name} is live (it keeps only the newest frame)"
+    if settings.display and not has_gui():
+        return ("--display: this OpenCV has no GUI support (opencv-python-headless): pip uninstall "
+                "opencv-python-headless, then pip install '.[desktop]' in the edge-classifier checkout; "
+                "or use --output FILE")
+    return None
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
+def _setup_logging(settings: Settings) -> None:
     """Warnings for image runs; for streams also the provider and the periodic FPS line. ``-v`` adds debug."""
-    streaming = args.image is None
-    level = (logging.ERROR if args.quiet else logging.DEBUG if args.verbose
-             else logging.INFO if streaming else logging.WARNING)
-    handler = LockedStderrHandler(sys.stderr)
+    level = (logging.ERROR if settings.quiet else logging.DEBUG if settings.verbose
+             else logging.INFO if settings.streaming else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("edge-classify: %(message)s"))
     logging.basicConfig(handlers=[handler])
     logging.getLogger().setLevel(level)
@@ -338,7 +376,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         import cv2
 
         # OpenCV's own warnings ("can't open camera by index") would duplicate our one-line errors.
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING if args.verbose
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING if settings.verbose
                                       else cv2.utils.logging.LOG_LEVEL_ERROR)
     except (ImportError, AttributeError):
         pass
@@ -350,4 +388,4 @@ def _fail(message: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

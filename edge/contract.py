@@ -8,19 +8,24 @@ Jetson Nano as it is::
     meta[contract.Key.INPUT_SIDE]                       # "input_side"
     contract.check_format_version(meta)                 # ContractError for an artifact from a newer major format
     contract.layout_for("uint8")                        # "NHWC"
-    contract.parse_source("csi://0")                    # SourceKind(kind='csi', index=0)
+    contract.source_kind("csi://0")                    # SourceKind(kind='csi', index=0)
+    contract.check_sides(224, 256)                      # ContractError for 0, -1, 60000, "224", True...
+    contract.check_mean_std([0.5] * 3, [0.2] * 3)       # ContractError for std 0, 2 values, NaN, strings
+    contract.refuse_other_runtime(meta)                 # ContractError for a file another runtime runs
 
 An artifact's metadata is a flat ``str -> str`` dict (ONNX ``metadata_props``; TorchScript
 ``_extra_files[TORCHSCRIPT_METADATA_FILE]`` holding it as JSON). Every key written is read and checked
-on the device: ``edge.artifact.spec_from_metadata`` reads the model's keys through the small
-``read_*`` functions below, ``edge.artifact`` (and its value checks) builds the ``ModelSpec``.
+on the device: ``edge.model.artifact.spec_from_metadata`` reads the model's keys through the small
+``read_*`` functions below, ``edge.model.artifact`` (and its value checks) builds the ``ModelSpec``.
 """
 
 import json
+import math
+import numbers
 import re
-from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from .errors import EdgeError
+from edge.errors import EdgeError
 
 # Major.minor. A device refuses a newer major (the meaning of a key changed); a newer minor only adds keys
 # an older device may ignore. Artifacts written before the minor existed say "1".
@@ -49,13 +54,14 @@ class Key:
     ARCH = "arch"
     EXPORTER = "exporter"  # which tools wrote it
     SOURCE = "source"  # which weights
+    TARGET = "target"  # files for other runtimes (RUNTIMES_ELSEWHERE) name theirs: not edge-classify artifacts
 
 
 INPUT_UINT8, INPUT_FLOAT = "uint8", "float"
 INPUT_KINDS = (INPUT_UINT8, INPUT_FLOAT)
 LAYOUTS = {INPUT_UINT8: "NHWC", INPUT_FLOAT: "NCHW"}
 PRECISIONS = ("fp32", "fp16")
-# What edge.preprocess reproduces (torchvision's Resize with PIL bilinear + antialias); nothing else is
+# What edge.model.preprocess reproduces (torchvision's Resize with PIL bilinear + antialias); nothing else is
 # implemented on the device, so an artifact asking for another filter is refused rather than misfed.
 INTERPOLATIONS = ("bilinear",)
 DEFAULT_INTERPOLATION = "bilinear"
@@ -64,12 +70,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_FRACTION = 0.875  # torchvision's eval recipe: resize = side / 0.875 (224 -> 256, 299 -> 342)
 DEFAULT_INPUT_SIDE = 224
+MAX_INPUT_SIDE = 4096  # beyond any classifier; a bigger number is damage, not a model (60000 is a 10 GB input)
+MAX_RESIZE_FACTOR = 4  # resize_side / input_side: torchvision's recipes use 1.14; 1e8 would exhaust memory
+
+# edge-export --target writes files for other runtimes beside the artifacts; their ``target`` key names the
+# runtime, whose own preprocessing (and Softmax) is in the graph, so edge-classify must not run them.
+RUNTIMES_ELSEWHERE = {
+    "jetson-inference": "jetson-inference (imagenet / imagenet.py)",
+    "deepstream": "DeepStream (nvinfer)",
+}
 
 # What edge-classify --image reads, what edge-train learns from and what edge-export verifies on: one list,
 # so every training or verification image can be classified on the device too.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"})
 
-# The --source grammar (edge.sources opens it, edge.service writes a unit for it).
+# The --source grammar (edge.sources.capture opens it, edge.service.cli writes a unit for it).
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 CSI_PATTERN = re.compile(r"csi://(\d+)")
 V4L2_PATTERN = re.compile(r"/dev/video(\d+)")
@@ -142,10 +157,56 @@ def read_floats(meta: Mapping[str, str], key: str, default: Tuple[float, float, 
     text = meta.get(key)
     if text is None:
         return default
-    values = tuple(float(v) for v in json.loads(text))
+    return three_numbers(key, json.loads(text))
+
+
+def three_numbers(name: str, values: Any) -> Tuple[float, float, float]:
+    """``values`` as 3 floats; ContractError for anything else (a string, 2 values, a dict, a bool)."""
+    if not isinstance(values, (list, tuple)):
+        raise ContractError("{} must be a list of 3 numbers, not {}".format(name, _shown(values)))
     if len(values) != 3:
-        raise ValueError("{} must hold 3 values, not {}".format(key, len(values)))
-    return values
+        raise ContractError("{} must hold 3 values, not {}".format(name, len(values)))
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+        raise ContractError("{} must be a list of 3 numbers, not {}".format(name, _shown(values)))
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def check_mean_std(mean: Any, std: Any) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
+    """The normalisation every artifact bakes in: 3 finite means, 3 positive finite stds (std 0 divides by 0)."""
+    mean, std = three_numbers("mean", mean), three_numbers("std", std)
+    if not all(math.isfinite(m) for m in mean):
+        raise ContractError("mean must be finite numbers, not {}".format(list(mean)))
+    if not all(math.isfinite(s) and s > 0 for s in std):
+        raise ContractError("std must be positive finite numbers, not {}".format(list(std)))
+    return mean, std
+
+
+def check_sides(input_side: Any, resize_side: Any) -> Tuple[int, int]:
+    """The model's square and the resize before the crop: whole numbers, 0 < input <= MAX_INPUT_SIDE and
+    input <= resize <= MAX_RESIZE_FACTOR x input (anything else crashes, hangs or exhausts memory)."""
+    for name, value in (("input side", input_side), ("resize side", resize_side)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ContractError("{} must be a whole number, not {}".format(name, _shown(value)))
+    if not (0 < input_side <= MAX_INPUT_SIDE and input_side <= resize_side <= MAX_RESIZE_FACTOR * input_side):
+        raise ContractError("bad sizes: input {}, resize {} (expected 0 < input <= {} and input <= resize <= {} x "
+                            "input)".format(input_side, resize_side, MAX_INPUT_SIDE, MAX_RESIZE_FACTOR))
+    return int(input_side), int(resize_side)
+
+
+def refuse_other_runtime(meta: Mapping[str, str], name: str = "the model") -> None:
+    """ContractError for a file edge-export wrote for another runtime (``m.deepstream.onnx``): its graph expects
+    that runtime's preprocessing and ends in a Softmax, so edge-classify would misread every frame."""
+    target = meta.get(Key.TARGET, "")
+    if target in RUNTIMES_ELSEWHERE:
+        raise ContractError("{} is edge-export's {} file, for {}; export a .onnx or .ts (--target onnxruntime, "
+                            "tensorrt or torchscript) for edge-classify"
+                            .format(name, target, RUNTIMES_ELSEWHERE[target]))
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A hostile value in an error line: its repr, cut short (a megabyte string must not fill the screen)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def read_label_list(meta: Mapping[str, str]) -> Optional[Tuple[str, ...]]:
@@ -175,7 +236,7 @@ class SourceKind(NamedTuple):
     index: Optional[int] = None
 
 
-def parse_source(text: str) -> SourceKind:
+def source_kind(text: str) -> SourceKind:
     """Classify a ``--source`` string by the grammar: csi://N, /dev/videoN or N, a pipeline (``!``),
     a stream URL, else a video file. ContractError for an unknown ``scheme://``."""
     text = text.strip()
@@ -199,3 +260,13 @@ def parse_source(text: str) -> SourceKind:
 def source_scheme(text: str) -> str:
     """The lower-case ``scheme`` of ``scheme://...``, or ``""``."""
     return text.split("://", 1)[0].lower() if "://" in text else ""
+
+
+def resized_size(height: int, width: int, resize: int) -> Tuple[int, int]:
+    """torchvision ``Resize(int)``: the shorter side becomes ``resize``, the longer keeps the aspect ratio.
+
+    ``(height, width)`` after it: what the device's preprocessing resamples to, and what a Jetson's
+    video hardware scales a CSI camera's frames to (``--csi-resize``)."""
+    if width <= height:
+        return int(resize * height / width), resize
+    return resize, int(resize * width / height)

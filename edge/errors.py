@@ -14,14 +14,16 @@ Standard library only: the host side imports it too.
 """
 
 import argparse
-import logging
 import os
 import sys
-import threading
-from typing import Callable, Optional, Sequence, Tuple, Type
+from typing import Callable, List, Optional, Sequence, Tuple, Type
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE (`yes | head`)
+# The exit codes of all four commands, in one table (README, "Exit codes"):
+EXIT_OK = 0  # all done (a stream stopped by SIGTERM or Ctrl-C, at its end or --max-frames, included)
+EXIT_FAILED = 1  # some inputs could not be classified (the rest were), a source was lost, or a bug
+EXIT_USAGE = 2  # a usage error, a model that cannot be loaded, a source that cannot be opened
+EXIT_INTERRUPTED = 130  # Ctrl-C during a run of images, or while the model loads
+EXIT_BROKEN_PIPE = 141  # stdout's reader went away (`| head`): what a shell reports after SIGPIPE
 
 
 class EdgeError(Exception):
@@ -30,10 +32,13 @@ class EdgeError(Exception):
     exit_code = EXIT_USAGE
 
 
-def one_line(exc: BaseException, limit: Optional[int] = None) -> str:
-    """The first line of an exception's message (its type's name when it has none), cut at ``limit`` characters."""
-    lines = str(exc).strip().splitlines()
-    return lines[0][:limit] if lines else type(exc).__name__
+def one_line(exc: BaseException, limit: Optional[int] = None, last: bool = False) -> str:
+    """The first line of an exception's message (the last with ``last``: cv2.error puts the reason there,
+    after the source file and function), cut at ``limit`` characters; its type's name when it has none."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if last else lines[0])[:limit]
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
@@ -42,11 +47,38 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Optional[Sequence[str
 
     argparse has printed its message by then; returning the code (instead of letting SystemExit
     escape) keeps ``main(argv)`` callable in process with the same exit codes as the console script.
+    A usage error is one line (``edge-classify: error: argument --max-pixels: must be at least 1, not 0; see
+    edge-classify --help``), not argparse's whole usage block above it.
     """
+    one_line_usage_errors(parser)
     try:
         return parser.parse_args(argv), EXIT_OK
     except SystemExit as exc:
         return None, exit_code_of(exc)
+
+
+def one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` and its subcommands' parsers report a usage error in one line (then exit 2, as argparse)."""
+    for each in _parsers(parser):
+        each.error = _one_line_error(each)  # type: ignore[method-assign]
+
+
+def _parsers(parser: argparse.ArgumentParser) -> List[argparse.ArgumentParser]:
+    """``parser`` and its subcommands' parsers (edge-service install/deploy...), which report their own errors."""
+    found = [parser]
+    for action in parser._actions:  # argparse keeps subparsers nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(_parsers(sub))
+    return found
+
+
+def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], None]:
+    """argparse's ``error`` without the usage block, which scrolls a bad value off a small screen."""
+    def error(message: str) -> None:
+        print_error("{}: error: {}; see {} --help".format(parser.prog, message, parser.prog))
+        raise SystemExit(EXIT_USAGE)
+    return error
 
 
 def exit_code_of(exc: SystemExit) -> int:
@@ -54,23 +86,28 @@ def exit_code_of(exc: SystemExit) -> int:
     return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
 
 
-STDERR_LOCK = threading.RLock()  # held while a decoder has fd 2 redirected (edge.imagecheck.native_warnings)
-
-
 def print_error(line: str) -> None:
-    """``line`` on stderr, once no decoder on another thread has fd 2 redirected for its warnings.
-
-    It waits as long as that decode takes (bounded by ``--max-pixels``): written before, the line
-    would land in the decoder's warnings instead of reaching the user."""
-    with STDERR_LOCK:
-        print(line, file=sys.stderr, flush=True)
+    """``line`` on stderr, at once."""
+    print(line, file=sys.stderr, flush=True)
 
 
-class LockedStderrHandler(logging.StreamHandler):
-    """A log handler whose writes wait for ``STDERR_LOCK``, so no line lands in a decoder's redirected fd 2."""
+def use_own_stderr() -> None:
+    """Give Python's ``sys.stderr`` a file descriptor of its own (a copy of fd 2).
 
-    def createLock(self) -> None:  # noqa: N802 (logging's name)
-        self.lock = STDERR_LOCK
+    A decoder's warnings are caught by pointing fd 2 somewhere else for the length of a decode
+    (``edge.sources.imagecheck.native_warnings``), on whichever thread decodes; with its own
+    descriptor, no line of ours (errors, logging, progress bars) can land there, and none has to wait
+    for a decode. Left as it is where stderr has no real fd 2 (a test's capture, a closed stderr).
+    """
+    try:
+        if sys.stderr is None or sys.stderr.fileno() != 2:
+            return
+        sys.stderr.flush()
+        own = os.dup(2)
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stderr = os.fdopen(own, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                           errors="backslashreplace")
 
 
 def run_guarded(prog: str, body: Callable[[], int], *, verbose: bool,

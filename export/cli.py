@@ -103,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     from .exporter import DEFAULT_OPSET, atomic_path, format_for, write_artifact
     from .load import load_checkpoint_model, load_model, read_labels_file
     from .metadata import artifact_metadata
+    from .outputs import check_outputs
     from .target_files import (refuse_overwriting_inputs, run_commands, side_file_paths, side_file_texts,
                                write_side_files, write_target_onnx)
     from .target_verify import runtime_device_path, verify_runtime
@@ -110,9 +111,11 @@ def _run(args: argparse.Namespace) -> int:
     from .verify import default_tolerance, eager_reference, edge_device_path, verification_frames, verify_path
     from .zoo import DEFAULT_ARCH
 
+    check_outputs(args.out)  # a folder given as --out, before it names the files of --target all
     pairs = resolve_outputs(args.out, args.target or [])  # reject a bad suffix or target before any slow work
-    refuse_overwriting_inputs([path for out, target in pairs for path in [out, *side_file_paths(out, target)]],
-                              [p for p in (args.weights, args.checkpoint, args.labels) if p])
+    outputs = [path for out, target in pairs for path in [out, *side_file_paths(out, target)]]
+    check_outputs(outputs)
+    refuse_overwriting_inputs(outputs, [p for p in (args.weights, args.checkpoint, args.labels) if p])
     for out, target in pairs:
         if args.opset and target.opset and args.opset != target.opset:
             log.warning("%s: the %s target is always opset %d (TensorRT 8.2 parses no newer); --opset %d is "
@@ -147,8 +150,9 @@ def _run(args: argparse.Namespace) -> int:
                     fmt = format_for(out)
                     write_artifact(loaded.model, tmp, meta, fmt=fmt, opset=opset)
                 else:
-                    write_target_onnx(loaded, tmp, target, {"target": target.name, "exporter": meta["exporter"],
-                                                            "source": loaded.source})
+                    write_target_onnx(loaded, tmp, target, {contract.Key.TARGET: target.name,
+                                                            contract.Key.EXPORTER: meta[contract.Key.EXPORTER],
+                                                            contract.Key.SOURCE: loaded.source})
                 seconds = time.perf_counter() - started
                 if target.self_describing:
                     result = verify_path(frames, reference, edge_device_path(tmp), tolerance=tolerance,
@@ -243,7 +247,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                     "or DIR/<class>/* split with a fixed seed) into a checkpoint edge-export turns into a model.",
         epilog="Beside --out runs/x.pt: runs/x.last.pt (latest epoch, for --resume), runs/x.metrics.json, "
                "runs/x.curves.png, runs/x.val.png. With --resume, the settings come from the checkpoint; only "
-               "--data, --out, --epochs, --batch-size, --workers and --device can change.")
+               "--data, --out, --epochs, --batch-size, --workers, --device, --amp, --sync-bn and --no-scale-lr can "
+               "change; the output is --out or, for --resume runs/x.last.pt, runs/x.pt. Several processes: "
+               "torchrun --nproc_per_node N -m export.train ...")
     add = parser.add_argument
     add("--data", metavar="DIR", help="the image folder: train/ and val/ with one folder per class, or only class folders")
     add("--out", metavar="CKPT", help="the checkpoint to write (the best epoch), e.g. runs/photos.pt")
@@ -255,8 +261,11 @@ def build_train_parser() -> argparse.ArgumentParser:
         help="finetune: train every layer; features: train only the new head on the frozen backbone (default finetune)")
     add("--freeze", type=non_negative_int, metavar="N", help="with finetune, freeze the first N blocks of the backbone")
     add("--epochs", type=positive_int, metavar="N", help=f"epochs to train in all (default {DEFAULTS['epochs']})")
-    add("--batch-size", type=positive_int, metavar="N", help=f"images per step (default {DEFAULTS['batch_size']})")
-    add("--lr", type=positive_float, metavar="LR", help=f"SGD learning rate (default {DEFAULTS['lr']})")
+    add("--batch-size", type=positive_int, metavar="N",
+        help=f"images per step and process (default {DEFAULTS['batch_size']})")
+    add("--lr", type=positive_float, metavar="LR",
+        help=f"SGD learning rate for one process's batch; N processes use N x LR unless --no-scale-lr "
+             f"(default {DEFAULTS['lr']})")
     add("--momentum", type=non_negative_float, metavar="M", help=f"SGD momentum (default {DEFAULTS['momentum']})")
     add("--step-size", type=positive_int, metavar="N",
         help=f"multiply the learning rate by --gamma every N epochs (default {DEFAULTS['step_size']})")
@@ -272,8 +281,16 @@ def build_train_parser() -> argparse.ArgumentParser:
         help=f"without a val/ folder, the fraction of each class kept for validation (default {DEFAULT_VAL_FRACTION})")
     add("--seed", type=int, metavar="N", help="seeds the split, the initialisation and the data order (default 0)")
     add("--workers", type=non_negative_int, metavar="N",
-        help=f"data-loading processes (default {DEFAULTS['workers']} here)")
+        help="data-loading processes per training process (default min(8, CPUs / processes on this node))")
     add("--device", choices=("auto", "cuda", "cpu"), help="default auto: the GPU when torch sees one")
+    add("--amp", action=argparse.BooleanOptionalAction, default=None,
+        help="mixed precision: bf16 autocast (fp16 with a GradScaler on GPUs without bf16); weights stay FP32 "
+             "(default on for CUDA, off on the CPU)")
+    add("--sync-bn", action="store_true", default=None,
+        help="with several processes (torchrun, CUDA): BatchNorm statistics over the global batch")
+    add("--no-scale-lr", dest="scale_lr", action="store_false", default=None,
+        help="with N processes, train at --lr itself, not N x --lr (--batch-size is per process; by default the "
+             "learning rate grows with the global batch)")
     add("--resume", type=Path, metavar="CKPT", help="go on from a checkpoint, normally runs/x.last.pt")
     add("-v", "--verbose", action="store_true", help="log more; a traceback for an unexpected error")
     add_version(parser, __version__)

@@ -29,6 +29,7 @@ from edge.contract import (IMAGENET_MEAN, IMAGENET_STD, ONNX_INPUT_NAME, ONNX_OU
 
 from .errors import ExportError
 from .metadata import artifact_metadata
+from .outputs import remove_stale_temporaries, temporary_name
 from .wrap import DeviceInput
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,15 @@ def example_input(input_kind: str, side: int, *, batch: int = 1) -> torch.Tensor
 
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
-    """A temporary path beside ``dest``, renamed onto ``dest`` if the block succeeds, removed if not."""
+    """A temporary path beside ``dest``, renamed onto ``dest`` if the block succeeds, removed if not.
+
+    Its name carries this process's id, so the next write of ``dest`` removes it if ``kill -9`` stops this one
+    (``export.outputs``)."""
     dest = Path(dest)
+    remove_stale_temporaries(dest)
+    prefix, suffix = temporary_name(dest)
     try:
-        # Keep the real suffix last: readers (and our verification) pick the format by it.
-        fd, name = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=dest.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dest.parent)
     except OSError as exc:
         raise ExportError(f"cannot write {dest}: {exc.strerror or exc}") from None
     os.close(fd)

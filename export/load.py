@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from edge import contract
+from edge.model.artifact import ArtifactError, read_labels
+from edge.contract import ContractError
 
 from .errors import WeightsError
 from .zoo import (IMAGENET_MEAN, IMAGENET_STD, Arch, LoadReport, build_model, get_arch, head_of,
@@ -60,29 +64,40 @@ def load_checkpoint_model(path: Path, *, labels: Optional[Sequence[str]] = None)
     from .train.checkpoint import checkpoint_val_images, load_checkpoint
 
     ckpt = load_checkpoint(path)
-    arch = get_arch(ckpt["arch"])
+    arch, (input_side, resize_side), (mean, std) = _checked_contract_values(ckpt, path)
     classes = list(ckpt["classes"])
     model = build_model(arch.name, len(classes))
     report = load_matching(model, ckpt["model"], arch)
     if report.skipped or report.missing:
         raise WeightsError(f"{path}: the checkpoint does not fit {arch.name}: {report.summary()}")
-    loaded = LoadedModel(model.eval(), arch.name, classes, int(ckpt["input_side"]), int(ckpt["resize_side"]),
-                         f"checkpoint:{Path(path).name}", tuple(ckpt["mean"]), tuple(ckpt["std"]),
-                         checkpoint_val_images(ckpt))
+    loaded = LoadedModel(model.eval(), arch.name, classes, input_side, resize_side, f"checkpoint:{Path(path).name}",
+                         mean, std, checkpoint_val_images(ckpt))
     return _with_labels(loaded, labels)
 
 
-def read_labels_file(path: Path) -> List[str]:
-    """One label per line (trailing blank lines ignored)."""
+def _checked_contract_values(ckpt: Mapping[str, Any], path: Path) -> Tuple[Arch, Tuple[int, int], tuple]:
+    """The checkpoint's architecture, sides and mean/std, checked as the device checks an artifact's
+    (``edge.contract``): a hand-edited or damaged checkpoint is one line, not a crash or a 10 GB input."""
+    if not isinstance(ckpt["arch"], str):
+        raise WeightsError(f"{path}: the checkpoint's arch must be a name, not {type(ckpt['arch']).__name__}")
+    model = ckpt["model"]
+    if not (isinstance(model, Mapping) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in model.items())):
+        raise WeightsError(f"{path}: the checkpoint's model is not a state dict (parameter names to tensors)")
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"cannot read labels file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise WeightsError(f"labels file {path} is empty")
-    return [line.strip() for line in lines]
+        return (get_arch(ckpt["arch"]), contract.check_sides(ckpt["input_side"], ckpt["resize_side"]),
+                contract.check_mean_std(ckpt["mean"], ckpt["std"]))
+    except ContractError as exc:
+        raise WeightsError(f"{path}: the checkpoint breaks the artifact contract: {exc}") from None
+
+
+def read_labels_file(path: Path) -> List[str]:
+    """One label per line (trailing blank lines ignored), read as the device reads ``--labels``: UTF-8 with a
+    byte-order mark dropped, a regular file of sane size; a WeightsError otherwise."""
+    try:
+        return list(read_labels(Path(path)))
+    except ArtifactError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def _pretrained(arch: Arch, num_classes: Optional[int]) -> LoadedModel:

@@ -2,7 +2,7 @@
 
 The keys, the format version and the TorchScript extra-file name are ``edge.contract``'s (the device
 reads them with the same module). The same flat ``str -> str`` dict goes into ONNX
-``metadata_props`` and into the TorchScript ``_extra_files`` entry; ``edge.artifact`` reads it back::
+``metadata_props`` and into the TorchScript ``_extra_files`` entry; ``edge.model.artifact`` reads it back::
 
     meta = artifact_metadata(arch="resnet18", labels=["ant", "bee"], input_side=224, resize_side=256,
                              precision="fp16", input_kind="uint8", source="none")
@@ -47,6 +47,11 @@ def artifact_metadata(
         raise UsageError(f"input kind must be one of {contract.INPUT_KINDS}, not {input_kind!r}")
     if interpolation not in contract.INTERPOLATIONS:
         raise UsageError(f"the device resizes with {', '.join(contract.INTERPOLATIONS)}, not {interpolation!r}")
+    try:  # the values the device refuses at load are refused here, by the same checks
+        input_side, resize_side = contract.check_sides(input_side, resize_side)
+        mean, std = contract.check_mean_std(mean, std)
+    except contract.ContractError as exc:
+        raise UsageError(str(exc)) from None
     return {
         Key.FORMAT_VERSION: contract.FORMAT_VERSION,
         Key.ARCH: arch,

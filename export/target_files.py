@@ -18,6 +18,8 @@ from typing import Dict, List, Mapping, Sequence
 
 import torch
 
+from edge.contract import Key
+
 from .exporter import atomic_path, quiet_torch_export
 from .load import LoadedModel
 from .targets import FeedToModel, Target, TargetError, side_file
@@ -30,7 +32,8 @@ def write_target_onnx(loaded: LoadedModel, path: Path, target: Target, provenanc
     """The target's graph (``FeedToModel`` around the FP32 model) as ONNX at ``path`` (not atomically).
 
     ``provenance`` (exporter, source, target) goes into ``metadata_props``: runtimes ignore it, people can
-    read it. The edge-classify keys are left out on purpose: this file does not follow that contract.
+    read it, and edge-classify refuses the file by its ``target`` (``edge.contract.RUNTIMES_ELSEWHERE``). The
+    edge-classify keys are left out on purpose: this file does not follow that contract.
     """
     import onnx
 
@@ -46,7 +49,7 @@ def write_target_onnx(loaded: LoadedModel, path: Path, target: Target, provenanc
     # TensorRT 8.2 and onnxruntime 1.10 reject IR versions newer than the opset needs.
     proto.ir_version = min(proto.ir_version, onnx.helper.find_min_ir_version_for(
         [onnx.helper.make_opsetid("", target.opset)]))
-    onnx.helper.set_model_props(proto, dict(provenance))
+    onnx.helper.set_model_props(proto, {**provenance, Key.TARGET: target.name})
     onnx.save(proto, str(path))
 
 

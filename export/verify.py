@@ -4,8 +4,8 @@ Each verification photo goes down two paths:
 
 - the reference, the seed pipeline a PyTorch user trusts: RGB -> PIL -> torchvision's eval transform
   (Resize + CenterCrop, ToTensor + Normalize) -> the eager FP32 model -> softmax;
-- the device path: edge's own preprocessing of the BGR frame (``edge.preprocess``) and edge's own
-  backend (``edge.backends``) loading the written file and its metadata (``edge.artifact``).
+- the device path: edge's own preprocessing of the BGR frame (``edge.model.preprocess``) and edge's own
+  backend (``edge.model.backends``) loading the written file and its metadata (``edge.model.artifact``).
 
 The artifact is also run on torchvision's own crops, which isolates what the export itself changed
 (FP16, the graph) from what the preprocessing changed. The report: top-1 agreement through the device
@@ -103,7 +103,7 @@ def verification_frames(folder: Optional[Path], extra: Sequence[Path] = ()) -> L
     Files are decoded by OpenCV, as the device decodes them (and as the seed pipeline read them).
     """
     require_opencv()
-    from edge.images import ImageError, read_image
+    from edge.sources.images import ImageError, read_image
 
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder else list(extra)
     if folder and not paths:
@@ -155,8 +155,8 @@ def edge_device_path(path: Path) -> DevicePath:
     On the CPU: the verdict must not depend on which GPU (if any) the host has, and a TensorRT engine
     build would take minutes for a check of a few photos.
     """
-    from edge.classify import Classifier
-    from edge.preprocess import as_bgr, normalise, resize_and_crop
+    from edge.model.classify import Classifier
+    from edge.model.preprocess import as_bgr, normalise, resize_and_crop
 
     with _quiet_cpu_fp16_warning():
         classifier = Classifier.open(path, device="cpu")
@@ -223,7 +223,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def _quiet_cpu_fp16_warning() -> Iterator[None]:
     """The TorchScript backend warns that FP16 is slow on a CPU: true on a device, noise in a check we run on one."""
-    logger = logging.getLogger("edge.backends.torchscript")
+    logger = logging.getLogger("edge.model.backends.torchscript")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:

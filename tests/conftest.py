@@ -6,6 +6,7 @@ builds a real architecture, recalibrates its BatchNorm statistics on the photos 
 a nearest-centroid classifier, so each photo gets its own class with a clear margin.
 """
 
+import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -14,6 +15,16 @@ import pytest
 
 PHOTO_ARCH = "resnet18"
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Without CI's ``$EDGE_DEVICE_BUNDLE``, tests/device builds its bundle here (several exports: a minute on 2
+    cores), so the device tests that use it are ``slow`` on the host: the full suite and the JetPack tiers run them."""
+    if os.environ.get("EDGE_DEVICE_BUNDLE"):
+        return
+    for item in items:
+        if "bundle" in getattr(item, "fixturenames", ()) and "device" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.slow)
 
 
 def load_photos() -> Dict[str, np.ndarray]:

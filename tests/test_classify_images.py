@@ -22,12 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, photo_model):
-    """The photo model as FP32 and FP16 ONNX, FP32 TorchScript, and float-input ONNX."""
+def artifacts(tmp_path_factory, photo_model, photo_onnx):
+    """The photo model as FP32 (conftest's, shared) and FP16 ONNX, FP32 TorchScript, and float-input ONNX."""
     model, labels = photo_model
     folder = tmp_path_factory.mktemp("artifacts")
-    made = {}
-    for key, name, kwargs in [("onnx", "m.onnx", {}), ("onnx16", "m16.onnx", {"precision": "fp16"}),
+    made = {"onnx": photo_onnx}
+    for key, name, kwargs in [("onnx16", "m16.onnx", {"precision": "fp16"}),
                               ("ts", "m.ts", {}), ("float", "f.onnx", {"input_kind": "float"})]:
         made[key] = export_artifact(model, folder / name, arch=PHOTO_ARCH, labels=labels, **kwargs)
     return made
@@ -39,14 +39,20 @@ def run_json(capsys, *argv):
     return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
 
 
+@pytest.fixture(scope="module")
+def seed_answers(photo_model, photo_dir):
+    """The seed pipeline's top-1 for each photo file, computed once for every artifact kind."""
+    return {path: seed_top1(photo_model[0], path) for path in photo_dir.iterdir()}
+
+
 @pytest.mark.parametrize("kind", ["onnx", "onnx16", "ts", "float"])
-def test_same_top1_as_the_seed_pipeline_on_real_photos(kind, artifacts, photo_model, photo_dir, capsys):
+def test_same_top1_as_the_seed_pipeline_on_real_photos(kind, artifacts, photo_model, photo_dir, seed_answers, capsys):
     model, labels = photo_model
     code, records, err = run_json(capsys, "--model", str(artifacts[kind]), "--image", str(photo_dir))
     assert code == 0, err
     assert len(records) == len(labels)
     for record in records:
-        expected = seed_top1(model, Path(record["source"]))
+        expected = seed_answers[Path(record["source"])]
         assert record["index"] == expected and record["label"] == labels[expected]
         assert Path(record["source"]).stem == record["label"]  # the model names each photo
 
@@ -112,9 +118,9 @@ def test_default_model_from_the_cache(artifacts, photo_dir, tmp_path, monkeypatc
     monkeypatch.delenv("EDGE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     (tmp_path / "edge-classifier").mkdir()
-    import edge.defaults
+    import edge.model.defaults
 
-    shutil.copy(artifacts["onnx16"], tmp_path / "edge-classifier" / edge.defaults.default_model_name())
+    shutil.copy(artifacts["onnx16"], tmp_path / "edge-classifier" / edge.model.defaults.default_model_name())
     code, records, _ = run_json(capsys, "--image", str(photo_dir / "chelsea.jpg"))
     assert code == 0 and records[0]["label"] == "chelsea"
     monkeypatch.setenv("EDGE_MODEL", str(artifacts["ts"]))
@@ -123,12 +129,12 @@ def test_default_model_from_the_cache(artifacts, photo_dir, tmp_path, monkeypatc
 
 
 def test_default_model_missing_without_export_says_how_to_get_it(photo_dir, tmp_path, monkeypatch, capsys):
-    import edge.defaults
+    import edge.model.defaults
 
     monkeypatch.delenv("EDGE_MODEL", raising=False)
     monkeypatch.setenv("EDGE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(edge.defaults, "export_available", lambda: False)
-    monkeypatch.setattr(edge.defaults, "default_precision", lambda: "fp16")  # as on a Jetson
+    monkeypatch.setattr(edge.model.defaults, "export_available", lambda: False)
+    monkeypatch.setattr(edge.model.defaults, "default_precision", lambda: "fp16")  # as on a Jetson
     code = main(["--image", str(photo_dir / "chelsea.jpg")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
@@ -139,12 +145,12 @@ def test_default_model_missing_without_export_says_how_to_get_it(photo_dir, tmp_
 @pytest.mark.slow
 def test_default_model_is_built_once_when_export_is_here(photo_dir, tmp_path, monkeypatch, capsys):
     """The build runs edge-export in a subprocess; here with random weights, since tests never download."""
-    import edge.defaults
+    import edge.model.defaults
 
     monkeypatch.delenv("EDGE_MODEL", raising=False)
     monkeypatch.setenv("EDGE_CACHE", str(tmp_path / "cache"))
-    real = edge.defaults.export_command
-    monkeypatch.setattr(edge.defaults, "export_command",
+    real = edge.model.defaults.export_command
+    monkeypatch.setattr(edge.model.defaults, "export_command",
                         lambda path, precision: [a if a != "pretrained" else "none" for a in real(path, precision)])
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = main(["--image", str(photo_dir / "chelsea.jpg")])
@@ -163,12 +169,12 @@ def test_default_model_is_built_once_when_export_is_here(photo_dir, tmp_path, mo
 def test_default_model_is_fp32_without_a_gpu(providers, precision, monkeypatch):
     import onnxruntime
 
-    import edge.defaults
+    import edge.model.defaults
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
-    assert edge.defaults.default_precision() == precision
-    assert edge.defaults.default_model_name() == f"mobilenet_v2_{precision}.onnx"
-    assert edge.defaults.export_command(Path("m.onnx"), precision)[-3:] == [precision, "--out", "m.onnx"]
+    assert edge.model.defaults.default_precision() == precision
+    assert edge.model.defaults.default_model_name() == f"mobilenet_v2_{precision}.onnx"
+    assert edge.model.defaults.export_command(Path("m.onnx"), precision)[-3:] == [precision, "--out", "m.onnx"]
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge import contract
-from edge.artifact import ArtifactError, spec_from_metadata
+from edge.model.artifact import ArtifactError, spec_from_metadata
 from edge.contract import Key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,10 +49,11 @@ def spec(**changes):
     return spec_from_metadata(meta(**changes), input_shape=[None, 224, 224, 3], input_dtype="uint8", num_classes=3)
 
 
-def test_every_key_written_is_read():
+def test_every_key_the_device_needs_is_read():
+    """The provenance keys (source, exporter) are for people and other tools; the device reads the rest."""
     s = spec()
-    assert (s.labels, s.input_side, s.resize_side, s.input_kind, s.interpolation, s.precision, s.arch, s.source) == (
-        ("a", "b", "c"), 224, 256, "uint8", "bilinear", "fp16", "resnet18", "none")
+    assert (s.labels, s.input_side, s.resize_side, s.input_kind, s.interpolation, s.precision, s.arch) == (
+        ("a", "b", "c"), 224, 256, "uint8", "bilinear", "fp16", "resnet18")
     assert spec(**{Key.RESIZE_SIDE: None}).resize_side == contract.resize_for(224) == 256
 
 
@@ -69,6 +70,18 @@ def test_older_and_newer_minor_formats_load(version):
     ({Key.PRECISION: "int8"}, "unknown precision"),
     ({Key.INPUT: "rgb"}, "unknown input kind"),
     ({Key.NUM_CLASSES: "4"}, "num_classes 4"),
+    ({Key.INPUT_SIDE: "0"}, "bad sizes: input 0"),
+    ({Key.INPUT_SIDE: "-1"}, "bad sizes: input -1"),
+    ({Key.INPUT_SIDE: "60000"}, "bad sizes: input 60000"),
+    ({Key.INPUT_SIDE: "abc"}, "unreadable"),
+    ({Key.STD: "[0, 0.2, 0.2]"}, "std must be positive finite numbers"),
+    ({Key.MEAN: "[0.5, 0.5]"}, "mean must hold 3 values, not 2"),
+    ({Key.MEAN: '"abc"'}, "mean must be a list of 3 numbers, not 'abc'"),
+    ({Key.MEAN: "5"}, "mean must be a list of 3 numbers, not 5"),
+    ({Key.MEAN: '{"a": 1, "b": 2, "c": 3}'}, "mean must be a list of 3 numbers"),
+    ({Key.STD: "[true, 1, 1]"}, "std must be a list of 3 numbers"),
+    ({Key.TARGET: "deepstream"}, "for DeepStream (nvinfer)"),
+    ({Key.TARGET: "jetson-inference"}, "for jetson-inference"),
 ])
 def test_metadata_that_breaks_the_contract_is_refused_in_one_line(changes, message):
     with pytest.raises(ArtifactError) as caught:
@@ -82,9 +95,28 @@ def test_metadata_that_breaks_the_contract_is_refused_in_one_line(changes, messa
     ("v4l2src ! videoconvert ! appsink", "gstreamer", None),
 ])
 def test_source_grammar(text, kind, index):
-    assert contract.parse_source(text) == (kind, index)
+    assert contract.source_kind(text) == (kind, index)
 
 
 def test_an_unknown_scheme_is_refused():
     with pytest.raises(contract.ContractError, match="unknown source scheme 'ftp'"):
-        contract.parse_source("ftp://host/clip.mp4")
+        contract.source_kind("ftp://host/clip.mp4")
+
+
+@pytest.mark.parametrize("sides", [(0, 0), (-1, 37), (60000, 68571), (224, 100), (224, 10 ** 8), ("224", 256),
+                                   (True, 1), (224.0, 256)])
+def test_sides_outside_the_contract_are_refused(sides):
+    with pytest.raises(contract.ContractError):
+        contract.check_sides(*sides)
+
+
+def test_the_contract_checks_pass_what_torchvision_uses():
+    assert contract.check_sides(299, 342) == (299, 342)
+    assert contract.check_mean_std(list(contract.IMAGENET_MEAN), contract.IMAGENET_STD) == (
+        contract.IMAGENET_MEAN, contract.IMAGENET_STD)
+
+
+def test_a_hostile_value_is_shown_short():
+    with pytest.raises(contract.ContractError) as caught:
+        contract.check_mean_std("x" * 10 ** 6, [1, 1, 1])
+    assert len(str(caught.value)) < 100

@@ -7,8 +7,8 @@ and the sizes it asks for are what we can hold to the contract.
 import pytest
 
 from edge.cli import main
-from edge.preprocess import resized_size
-from edge.sources import SourceError, csi_pipeline, hardware_size, parse_source
+from edge.model.preprocess import resized_size
+from edge.sources.capture import SourceError, csi_pipeline, hardware_size, parse_source
 
 PLAIN = ("nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM), width=1280, height=720, framerate=30/1, "
          "format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "

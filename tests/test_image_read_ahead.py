@@ -1,4 +1,5 @@
-"""--image runs: the next image is decoded and preprocessed on a second thread while the model runs."""
+"""--image runs: images are a source like a video file; the next one is decoded and preprocessed on the
+reader thread while the model runs (read-ahead), through the same queue (edge.sources.frames.FrameBuffer)."""
 
 import json
 import subprocess
@@ -9,105 +10,147 @@ import time
 import numpy as np
 import pytest
 
-from edge import backends
-from edge.cli import image_read_ahead, main, wants_decoder_core
-from edge.errors import EdgeError
-from edge.prefetch import read_ahead
+from edge.model import backends
+from edge.cli import main, plan_concurrency
+from edge.settings import Settings
+from edge.sources.images import ImageInput, ImageSource
 
 
-def test_results_come_back_in_order_with_failures_in_their_place():
-    def prepare(n):
-        if n % 3 == 0:
-            raise ValueError(f"bad {n}")
-        time.sleep(0.002 * (n % 2))  # uneven work, so a race would show as a reordering
-        return n * 10
+def frames_of(source, limit=1000):
+    """Every frame ``source`` gives, in the order it gives them."""
+    out = []
+    source.start()
+    try:
+        while len(out) < limit:
+            frame = source.next(timeout=1.0)
+            if frame is None:
+                if source.finished:
+                    break
+                continue
+            out.append(frame)
+    finally:
+        source.close()
+    return out
 
-    out = list(read_ahead(prepare, range(10), depth=2))
-    assert [job for job, _ in out] == list(range(10))
-    for job, result in out:
-        if job % 3 == 0:
-            assert isinstance(result, ValueError) and str(result) == f"bad {job}"
+
+def picture_files(folder, photo, count, bad_every=0):
+    folder.mkdir(exist_ok=True)
+    import cv2
+
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:02d}.png"
+        if bad_every and i % bad_every == 0:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
         else:
-            assert result == job * 10
+            cv2.imwrite(str(path), photo)
+        paths.append(path)
+    return [ImageInput(str(p), p, relative=p.name) for p in paths]
 
 
-def test_depth_zero_runs_inline_on_the_callers_thread():
-    threads = []
-    out = list(read_ahead(lambda n: threads.append(threading.current_thread()) or n, [1, 2], depth=0))
-    assert out == [(1, 1), (2, 2)] and set(threads) == {threading.current_thread()}
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_images_come_in_order_with_failures_in_their_place(depth, photos, tmp_path):
+    items = picture_files(tmp_path / "pics", np.ascontiguousarray(photos["coffee"][..., ::-1]), 7, bad_every=3)
+    items.append(ImageInput("missing.jpg", None, "no such file"))
+    frames = frames_of(ImageSource(items, read_ahead=depth, prepare=lambda image: image[:8, :8].copy()))
+    assert [f.number for f in frames] == list(range(8)) and [f.name for f in frames] == [i.source for i in items]
+    for frame in frames:
+        if frame.number % 3 == 0 or frame.number == 7:
+            assert frame.error and frame.image is None and frame.batch is None
+        else:
+            assert frame.error is None and frame.batch.shape == (8, 8, 3)
+            assert set(frame.ms) == {"decode", "preprocess"}
 
 
 @pytest.mark.parametrize("depth", [1, 3])
-def test_the_worker_stays_at_most_depth_results_ahead_of_the_reader(depth):
-    started = []
-
-    def prepare(n):
-        started.append(n)
-        return n
-
-    results = read_ahead(prepare, range(20), depth)
-    for taken, (job, _) in enumerate(results, start=1):
-        time.sleep(0.02)  # a slow reader: the worker fills the queue and must wait
-        # taken by the reader + depth waiting + one being prepared (blocked on the full queue)
-        assert len(started) <= taken + depth + 1, (job, started)
-    assert started == list(range(20))
-
-
-def test_a_reader_that_stops_early_waits_for_the_worker_to_end():
-    started = []
-
-    def slow(n):
-        started.append(n)
-        time.sleep(0.05)  # the job in hand when the reader leaves (an image being decoded)
-        return n
-
-    results = read_ahead(slow, range(1000), depth=1)
-    assert next(results) == (0, 0)
-    results.close()  # what a `| head` or an exception in the reader does to the generator
-    # Gone on return, not later: a worker still inside OpenCV at interpreter exit aborts the process.
-    assert not any(t.name == "edge-read-ahead" for t in threading.enumerate()) and len(started) <= 4
+def test_the_reader_stays_at_most_depth_images_ahead(depth, photos, tmp_path):
+    items = picture_files(tmp_path / "pics", np.ascontiguousarray(photos["coffee"][..., ::-1]), 12)
+    prepared = []
+    source = ImageSource(items, read_ahead=depth, prepare=lambda image: prepared.append(1) or image)
+    source.start()
+    try:
+        for taken in range(1, 6):
+            assert source.next(timeout=10.0) is not None
+            time.sleep(0.05)  # a slow model: the reader fills the queue and must wait
+            # taken + depth waiting + one being read (blocked on the full queue)
+            assert len(prepared) <= taken + depth + 1
+    finally:
+        source.close()
 
 
-def test_a_worker_that_fails_outside_the_jobs_does_not_leave_the_reader_waiting():
-    def jobs():
-        yield 1
-        raise OSError("the folder went away")
+def test_closing_early_waits_for_the_image_in_hand(photos, tmp_path):
+    """Gone on return, not later: a reader still inside OpenCV at interpreter exit aborts the process."""
+    items = picture_files(tmp_path / "pics", np.ascontiguousarray(photos["coffee"][..., ::-1]), 50)
 
-    results = read_ahead(lambda n: n, jobs(), depth=1)
-    assert next(results) == (1, 1)
-    with pytest.raises(OSError, match="went away"):  # raised where the reader stands, not lost on the thread
-        next(results)
-    exit_request = list(read_ahead(lambda n: sys.exit(3), [1], depth=1))
-    assert isinstance(exit_request[0][1], SystemExit)  # handed over, for the reader to raise
+    def slow(image):
+        time.sleep(0.05)
+        return image
 
-
-@pytest.mark.parametrize("provider", ["CUDAExecutionProvider", "TensorrtExecutionProvider", "cuda"])
-def test_with_a_gpu_several_images_are_read_one_ahead(provider):
-    assert image_read_ahead(None, 5, provider, decoder_core=False) == 1
-    assert image_read_ahead(None, 1, provider, decoder_core=False) == 0  # one image: nothing to overlap
-    assert image_read_ahead(0, 5, provider, decoder_core=False) == 0
+    source = ImageSource(items, read_ahead=1, prepare=slow)
+    source.start()
+    assert source.next(timeout=10.0).number == 0
+    source.close()  # what `| head`, Ctrl-C or an error in the loop does
+    assert not any(t.name == "edge-images" for t in threading.enumerate())
 
 
-def test_with_output_images_are_not_read_ahead_unless_asked():
+def test_a_reader_that_fails_outside_an_image_does_not_leave_the_loop_waiting(tmp_path):
+    class Exploding(list):
+        def __iter__(self):
+            yield ImageInput("missing.jpg", None, "no such file")
+            raise OSError("the folder went away")
+
+    source = ImageSource([], read_ahead=1)
+    source.items = Exploding()
+    source.start()
+    assert source.next(timeout=10.0).error == "no such file"
+    with pytest.raises(OSError, match="went away"):  # raised where the loop stands, not lost on the thread
+        for _ in range(100):
+            source.next(timeout=0.1)
+    source.close()
+
+
+def test_without_output_a_waiting_image_holds_only_its_model_input(photos, tmp_path):
+    items = picture_files(tmp_path / "pics", np.ascontiguousarray(photos["coffee"][..., ::-1]), 3)
+    kept = frames_of(ImageSource(items, read_ahead=1, prepare=lambda image: image[:2], keep_image=True))
+    dropped = frames_of(ImageSource(items, read_ahead=1, prepare=lambda image: image[:2], keep_image=False))
+    assert all(f.image is not None for f in kept) and all(f.image is None for f in dropped)
+
+
+def images_settings(**flags):
+    return Settings(image=("x",), **flags)
+
+
+def test_with_a_gpu_several_images_are_read_one_ahead(tmp_path):
+    items = [ImageInput(str(tmp_path / f"{i}.jpg"), tmp_path / f"{i}.jpg") for i in range(5)]
+    assert plan_concurrency(images_settings(), items, gpu=True) == (1, 0)
+    assert plan_concurrency(images_settings(), items[:1], gpu=True).read_ahead == 0  # one image: nothing to overlap
+    assert plan_concurrency(images_settings(read_ahead=0), items, gpu=True).read_ahead == 0
+    assert plan_concurrency(images_settings(read_ahead=3), items, gpu=True) == (3, 0)
+
+
+def test_with_output_images_are_not_read_ahead_unless_asked(tmp_path):
     """Each waiting image would hold its full-size frame for drawing (300 MB at 100 MP)."""
-    assert image_read_ahead(None, 5, "cuda", decoder_core=False, labelled=True) == 0
-    assert image_read_ahead(2, 5, "cuda", decoder_core=False, labelled=True) == 2
+    from pathlib import Path
+
+    items = [ImageInput(str(tmp_path / f"{i}.jpg"), tmp_path / f"{i}.jpg") for i in range(5)]
+    assert plan_concurrency(images_settings(output=Path("out")), items, gpu=True).read_ahead == 0
+    assert plan_concurrency(images_settings(output=Path("out"), read_ahead=2), items, gpu=True).read_ahead == 2
 
 
-@pytest.mark.parametrize("provider", ["CPUExecutionProvider", "cpu"])
-def test_on_a_cpu_images_are_read_ahead_only_when_the_decoder_has_a_core(provider):
-    assert image_read_ahead(None, 5, provider, decoder_core=True) == 1
-    assert image_read_ahead(None, 5, provider, decoder_core=False) == 0
-    assert image_read_ahead(3, 5, provider, decoder_core=True) == 3
+def test_streams_read_a_video_ahead_only_with_a_gpu():
+    """On a CPU, decoding ahead competes with the model for the cores; on a GPU it overlaps inference."""
+    stream = Settings(source="clip.avi")
+    assert plan_concurrency(stream, [], gpu=False) == (0, 0) and plan_concurrency(stream, [], gpu=True) == (1, 0)
+    assert plan_concurrency(Settings(source="clip.avi", read_ahead=2), [], gpu=False) == (2, 0)
 
 
 def items_of(paths):
-    from edge.images import expand_inputs
+    from edge.sources.images import expand_inputs
 
     return expand_inputs([str(p) for p in paths])
 
 
-def test_the_decoder_gets_a_core_for_large_images_or_when_asked(tmp_path, photos):
+def test_on_a_cpu_large_images_are_read_ahead_and_the_reader_gets_a_core(tmp_path, photos):
     import cv2
 
     small = [tmp_path / f"small{i}.jpg" for i in range(2)]
@@ -116,13 +159,14 @@ def test_the_decoder_gets_a_core_for_large_images_or_when_asked(tmp_path, photos
         cv2.imwrite(str(path), np.ascontiguousarray(photos["coffee"][..., ::-1]))  # 600x400
     for path in large:
         cv2.imwrite(str(path), cv2.resize(np.ascontiguousarray(photos["coffee"][..., ::-1]), (1280, 720)))
-    assert wants_decoder_core(None, items_of(large)) and not wants_decoder_core(None, items_of(small))
-    assert wants_decoder_core(1, items_of(small))  # --read-ahead 1 asks for it
-    assert not wants_decoder_core(0, items_of(large)) and not wants_decoder_core(None, items_of(large[:1]))
-    assert not wants_decoder_core(None, items_of(large), labelled=True) and wants_decoder_core(1, items_of(large), True)
-    assert not wants_decoder_core(None, items_of([tmp_path / "missing.jpg", tmp_path / "missing2.jpg"]))
-    with pytest.raises(EdgeError, match="--read-ahead"):
-        wants_decoder_core(-1, items_of(large))
+    cpu = dict(gpu=False)
+    assert plan_concurrency(images_settings(), items_of(large), **cpu) == (1, 1)
+    assert plan_concurrency(images_settings(), items_of(small), **cpu) == (0, 0)
+    assert plan_concurrency(images_settings(read_ahead=1), items_of(small), **cpu) == (1, 1)  # asked for
+    assert plan_concurrency(images_settings(read_ahead=0), items_of(large), **cpu) == (0, 0)
+    assert plan_concurrency(images_settings(), items_of(large[:1]), **cpu) == (0, 0)
+    missing = items_of([tmp_path / "missing.jpg", tmp_path / "missing2.jpg"])
+    assert plan_concurrency(images_settings(), missing, **cpu) == (0, 0)
 
 
 def test_model_keeps_all_cores_but_the_decoders_on_a_cpu(monkeypatch):
@@ -135,7 +179,7 @@ def test_model_keeps_all_cores_but_the_decoders_on_a_cpu(monkeypatch):
 def test_spare_cores_size_onnxruntime_without_spinning_on_a_cpu_only(monkeypatch):
     import onnxruntime as ort
 
-    from edge.backends.onnxruntime import CPU, CUDA, set_cpu_threads
+    from edge.model.backends.onnxruntime import CPU, CUDA, set_cpu_threads
 
     monkeypatch.setattr(backends, "usable_cores", lambda: 4)
 
@@ -206,35 +250,44 @@ def test_error_lines_are_not_lost_while_the_next_image_decodes(photo_onnx, photo
     assert all("_bad.png" in line for line in lines)
 
 
-def test_error_messages_wait_until_no_decoder_holds_stderr(capsys):
-    from edge.errors import STDERR_LOCK, print_error
-
-    holding, released = threading.Event(), threading.Event()
-
-    def decode_for_a_while():
-        with STDERR_LOCK:
-            holding.set()
-            time.sleep(0.3)
-            released.set()
-
-    holder = threading.Thread(target=decode_for_a_while)
-    holder.start()
-    assert holding.wait(10)
-    print_error("edge-classify: x.jpg: not an image")
-    assert released.is_set()  # written only once the decoder had given fd 2 back
-    holder.join()
-    assert capsys.readouterr().err == "edge-classify: x.jpg: not an image\n"
+def test_our_lines_never_wait_for_a_decode_nor_land_in_its_warnings(tmp_path):
+    """With its own stderr descriptor, a line written while another thread has fd 2 redirected (a decode in
+    progress) reaches the terminal at once, and is not taken for one of the decoder's warnings."""
+    script = """
+import sys, threading
+from edge.errors import print_error, use_own_stderr
+from edge.sources.imagecheck import native_warnings
+use_own_stderr()
+inside, done = threading.Event(), threading.Event()
+caught = []
+def decode():
+    with native_warnings() as warnings:
+        inside.set()
+        done.wait(30)
+    caught.extend(warnings)
+worker = threading.Thread(target=decode)
+worker.start()
+inside.wait(30)
+print_error("edge-classify: x.jpg: not an image")   # while fd 2 is redirected: must not block
+done.set()
+worker.join()
+print("caught", caught)
+"""
+    run = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         universal_newlines=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "edge-classify: x.jpg: not an image\n" and run.stdout.strip() == "caught []"
 
 
 def test_the_size_probe_never_blocks_on_a_fifo_named_like_an_image(tmp_path):
     import os
 
-    from edge.images import header_pixels
+    from edge.sources.images import header_pixels
 
     fifo = tmp_path / "0_camera.jpg"
     os.mkfifo(str(fifo))  # opened for reading, a FIFO waits for a writer: the probe must not
     assert header_pixels(fifo) is None and header_pixels(tmp_path / "missing.jpg") is None
-    assert not wants_decoder_core(None, items_of([fifo, tmp_path / "other.jpg"]))
+    assert plan_concurrency(images_settings(), items_of([fifo, tmp_path / "other.jpg"]), gpu=False) == (0, 0)
 
 
 def slow_pngs(folder, photos, count=6):
@@ -259,6 +312,7 @@ def test_a_reader_that_goes_away_mid_run_exits_141_not_an_abort(photo_onnx, phot
     assert run.wait(timeout=120) == 141 and err == "", err
 
 
+@pytest.mark.slow  # a subprocess run over 40 large PNGs: tens of seconds on a loaded 2-core machine
 def test_ctrl_c_mid_run_exits_130_not_an_abort(photo_onnx, photos, tmp_path):
     import signal
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from reference import seed_crop, seed_top1
 
-import edge.images
+import edge.sources.images
 from edge.cli import main
-from edge.imagecheck import inspect_header
-from edge.images import ImageError, decode_scale, read_image
-from edge.preprocess import resize_and_crop
+from edge.sources.imagecheck import inspect_header
+from edge.sources.images import ImageError, decode_scale, read_image
+from edge.model.preprocess import resize_and_crop
 
 
 def write_jpeg(path: Path, rgb: np.ndarray, orientation: int = 0, **params) -> Path:
@@ -43,7 +43,7 @@ def test_decode_scale_keeps_the_shorter_side_at_least_min_side():
 
 
 def test_header_sizes_the_scale_is_chosen_from(tmp_path, photos):
-    """The scale comes from the header edge.imagecheck reads, before decoding; EXIF and progressive too."""
+    """The scale comes from the header edge.sources.imagecheck reads, before decoding; EXIF and progressive too."""
     rgb = photos["rocket"]
     baseline = write_jpeg(tmp_path / "a.jpg", rgb, orientation=6).read_bytes()
     progressive = write_jpeg(tmp_path / "p.jpg", rgb, IMWRITE_JPEG_PROGRESSIVE=1).read_bytes()
@@ -67,7 +67,7 @@ def test_imread_fallback_where_imdecode_ignores_reduced_flags(tmp_path, photos, 
     """OpenCV 4.1.1 (JetPack 4.6) decodes full size through imdecode; imread honours the flags there."""
     path = write_jpeg(tmp_path / "x.jpg", big(photos["coffee"]), orientation=6)
     direct = read_image(path, min_side=512)
-    monkeypatch.setattr(edge.images, "_imdecode_reduces", lambda: False)
+    monkeypatch.setattr(edge.sources.images, "_imdecode_reduces", lambda: False)
     assert np.array_equal(read_image(path, min_side=512), direct)
 
 
@@ -100,14 +100,19 @@ def test_classify_phone_sized_jpegs_like_the_seed_pipeline(photo_onnx, photo_mod
         h, w = photos[name].shape[:2]
         path = write_jpeg(tmp_path / f"{name}.jpg", big(photos[name], round(w * 2160 / h), 2160))
         expected.append(labels[seed_top1(model, path)])
-    scales = []
-    real_decode = edge.images._decode
-    monkeypatch.setattr(edge.images, "_decode", lambda data, path, scale: scales.append(scale) or
-                        real_decode(data, path, scale))
+    decoded = []  # the rows of each frame the image source reads: decoded at 1/4, 2160 -> 540
+    real_read = edge.sources.images.read_image
+
+    def read_image(*args, **kwargs):
+        frame = real_read(*args, **kwargs)
+        decoded.append(frame.shape[0])
+        return frame
+
+    monkeypatch.setattr(edge.sources.images, "read_image", read_image)
     code = main(["--model", str(photo_onnx), "--image", str(tmp_path), "--json"])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and [r["label"] for r in records] == expected == list(names)
-    assert scales == [4, 4, 4]
+    assert decoded == [540, 540, 540]
 
 
 def letterboxed(rgb: np.ndarray) -> np.ndarray:
@@ -125,11 +130,11 @@ def test_a_photo_ending_in_a_flat_grey_band_is_not_refused(tmp_path, photos):
 
 def test_truncation_by_grey_band_where_decoder_warnings_cannot_be_caught(tmp_path, photos, monkeypatch):
     """No fd 2 (a service whose stderr is closed): the grey band is then the only sign of a cut JPEG."""
-    import edge.imagecheck
+    import edge.sources.imagecheck
 
     data = write_jpeg(tmp_path / "x.jpg", big(photos["coffee"])).read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2] + b"\xff\xd9")
-    monkeypatch.setattr(edge.imagecheck.os, "dup", lambda fd: (_ for _ in ()).throw(OSError("no fd 2")))
+    monkeypatch.setattr(edge.sources.imagecheck.os, "dup", lambda fd: (_ for _ in ()).throw(OSError("no fd 2")))
     with pytest.raises(ImageError, match="bottom of the picture is missing"):
         read_image(tmp_path / "cut.jpg")
     assert read_image(write_jpeg(tmp_path / "ok.jpg", photos["coffee"])).shape[2] == 3

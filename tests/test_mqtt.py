@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from mqtt_broker import MOSQUITTO, Broker, Subscriber, free_port, scrape
 
-from edge.spool import Message, Spool
+from edge.sinks.spool import Message, Spool
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = ("red", "green", "blue")
@@ -141,20 +141,20 @@ def test_every_frame_reaches_a_subscriber_and_the_metrics_parse(broker_factory, 
     assert [k for k in scraped if k.startswith("edge_classify_prediction_score{")][0].split("label=")[1][:-1] \
         .split(",")[0] in COLOURS  # one series: the current label (index=..., label=...)
     assert any(k.startswith("edge_classify_info{") and "provider=" in k for k in scraped)
-    from edge.metrics import METRIC_NAMES
+    from edge.sinks.metrics import METRIC_NAMES
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "mqtt-and-metrics.md").read_text(encoding="utf-8")
     for name in METRIC_NAMES:  # every metric is served, and listed in the README
         assert any(k == name or k.startswith((name + "_", name + "{")) for k in scraped), name
         assert f"`{name}" in readme, name
 
 
-def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour_model, clip, tmp_path):
+def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour_model, clip, tmp_path, monkeypatch):
     """The broker stops while frames keep coming; after it is back every frame has arrived, in order of first
     arrival, duplicates (QoS 1) counted; meanwhile the metrics show the spool filling."""
-    from edge.classify import Classifier
-    from edge.cli import build_parser
-    from edge.loop import StreamOptions, run_stream
+    from edge.cli import build_parser, classify
+    from edge.model.classify import Classifier
+    from edge.settings import settings_from_args
 
     broker = broker_factory()
     subscriber = Subscriber(broker.port, "edge")
@@ -163,9 +163,9 @@ def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour
         ["--model", str(colour_model), "--source", str(clip), "--loop", "--mqtt",
          f"mqtt://127.0.0.1:{broker.port}/edge", "--mqtt-every", "frame", "--mqtt-spool", str(tmp_path / "spool"),
          "--metrics-port", str(metrics_port), "--json", "--stats-interval", "0"])
-    classifier = Classifier.open(colour_model)
-    classify = classifier.classify
-    classifier.classify = lambda image: (time.sleep(0.003), classify(image))[1]  # a camera's pace, not a file's
+    unpaced = Classifier.classify
+    monkeypatch.setattr(Classifier, "classify",  # a camera's pace, not a file's
+                        lambda self, image: (time.sleep(0.003), unpaced(self, image))[1])
 
     stop = threading.Event()
     printed: List[str] = []
@@ -177,7 +177,7 @@ def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour
 
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            result.append(run_stream(StreamOptions.from_args(args), classifier, stop))
+            result.append(classify(settings_from_args(args), stop))
         printed.extend(buffer.getvalue().splitlines())
 
     worker = threading.Thread(target=run)
@@ -305,7 +305,7 @@ def test_a_broker_that_never_answers_does_not_hold_up_the_frames(colour_model, c
     """A port that accepts connections and says nothing (a hung broker, a firewall): the start waits for it
     at most CONNECT_TIMEOUT_S, then every frame is classified at full speed and spooled."""
     pytest.importorskip("paho.mqtt.client")
-    from edge.mqtt import CONNECT_TIMEOUT_S
+    from edge.sinks.mqtt import CONNECT_TIMEOUT_S
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -318,7 +318,7 @@ def test_a_broker_that_never_answers_does_not_hold_up_the_frames(colour_model, c
     assert len(result.stdout.splitlines()) == CLIP_FRAMES and "spooled" in result.stderr
     assert took < CONNECT_TIMEOUT_S + 8
     spool = Spool(tmp_path / "s", max_bytes=1 << 20)
-    assert spool.queued == CLIP_FRAMES  # all waiting for the next run
+    assert spool.queued == CLIP_FRAMES + 1  # all waiting for the next run, with the retained model message
     spool.close()
 
 
@@ -376,7 +376,7 @@ def test_a_missing_extra_names_it(colour_model, clip, tmp_path):
 
 
 def test_topic_names_and_urls():
-    from edge.mqtt import PublisherError, parse_url, topic_name
+    from edge.sinks.mqtt import PublisherError, parse_url, topic_name
 
     assert topic_name("csi://0") == "csi0"
     assert topic_name("0") == "camera0"
@@ -400,54 +400,305 @@ def frames_of(batch) -> List[int]:
     return [json.loads(m.payload)["frame"] for _, m in batch]
 
 
-def test_spool_keeps_order_across_a_rewind_and_a_restart(tmp_path):
+def test_spool_keeps_order_across_a_restart(tmp_path):
     spool = Spool(tmp_path, max_bytes=1 << 20)
-    spool.append(messages(0, 10))
+    assert all(spool.append(m) for m in messages(0, 10))
     batch = spool.take(4)
     assert frames_of(batch) == [0, 1, 2, 3]
-    spool.acknowledge(batch[1][0])  # 0 and 1 reached the broker; 2 and 3 were in flight when it went away
-    spool.rewind()
-    assert frames_of(spool.take(3)) == [2, 3, 4]
+    spool.remove([row for row, _ in batch[:2]])  # 0 and 1 reached the broker; 2 and 3 were in flight
+    assert frames_of(spool.take(3)) == [4, 5, 6]  # each handed out once per run
     assert spool.queued == 8
     spool.close()
 
     again = Spool(tmp_path, max_bytes=1 << 20)  # a restart: sending resumes at the first unacknowledged one
     assert again.queued == 8
-    again.append(messages(10, 2))
+    again.append(Message("edge/cam/label", json.dumps({"frame": 10})))
     batch = again.take(100)
-    assert frames_of(batch) == list(range(2, 12))
-    again.acknowledge(batch[-1][0])
-    assert again.queued == 0 and again.dropped == 0
+    assert frames_of(batch) == list(range(2, 11))
+    again.remove([row for row, _ in batch])
+    assert again.queued == 0 and again.dropped == 0 and again.take(10) == []
     again.close()
 
 
-def test_spool_bound_drops_the_oldest_and_counts_them(tmp_path):
-    spool = Spool(tmp_path, max_bytes=16384)  # segments of 4 KiB (the smallest)
-    spool.append(messages(0, 1000))  # about 50 KB: far past the bound
-    assert spool.size <= 16384
+def test_spool_bound_drops_the_oldest_unsent_and_counts_them(tmp_path):
+    spool = Spool(tmp_path, max_bytes=16384)
+    for message in messages(0, 3):
+        spool.append(message)
+    in_flight = spool.take(3)  # handed to the broker: not the bound's to drop
+    for message in messages(3, 997):  # about 60 KB: far past the bound
+        spool.append(message)
+    assert spool.size <= 16384 + 3 * 64
     assert spool.dropped > 0 and spool.queued + spool.dropped == 1000
     kept = frames_of(spool.take(2000))
     assert kept == list(range(1000 - len(kept), 1000))  # the newest, in order, none skipped
-    assert len(list(tmp_path.glob("seg-*.jsonl"))) <= 5
+    spool.remove([row for row, _ in in_flight])
+    assert spool.queued == len(kept)
     spool.close()
 
 
-def test_spool_cuts_a_torn_last_line_and_refuses_a_second_user(tmp_path):
-    spool = Spool(tmp_path, max_bytes=1 << 20)
-    spool.append(messages(0, 3))
-    from edge.spool import SpoolError
+def test_spool_drops_a_damaged_row_and_refuses_a_second_user(colour_model, clip, tmp_path):
+    import sqlite3
 
+    from edge.sinks.spool import DATABASE, SpoolError
+
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for message in messages(0, 3):
+        spool.append(message)
     with pytest.raises(SpoolError, match="in use"):
         Spool(tmp_path, max_bytes=1 << 20)
+    held = run_cli("--model", colour_model, "--source", clip, "-q", "--mqtt", "mqtt://127.0.0.1:1/edge", "--mqtt-spool",
+                   tmp_path) if _has_paho() else None
     spool.close()
-    segment = sorted(tmp_path.glob("seg-*.jsonl"))[-1]
-    with open(str(segment), "ab") as handle:
-        handle.write(b'{"t":"edge/cam/label","p":"{\\"fra')  # a crash in the middle of a write
+    if held is not None:  # another process: one line, exit 2
+        assert held.returncode == 2 and held.stderr.count("\n") == 1 and "in use" in held.stderr, held.stderr
+    with sqlite3.connect(str(tmp_path / DATABASE)) as db:  # damage on disk: bytes that are not UTF-8
+        db.execute("UPDATE messages SET payload = X'FFFE' WHERE id = (SELECT MIN(id) + 1 FROM messages)")
+    db.close()
     reopened = Spool(tmp_path, max_bytes=1 << 20)
+    assert reopened.queued == 3
+    reopened.append(messages(3, 1)[0])
+    assert frames_of(reopened.take(10)) == [0, 2, 3]
     assert reopened.dropped == 1 and reopened.queued == 3
-    reopened.append(messages(3, 1))
-    assert frames_of(reopened.take(10)) == [0, 1, 2, 3]
     reopened.close()
+
+
+def _has_paho() -> bool:
+    try:
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_spool_folder_must_be_ours_alone_and_no_link(tmp_path):
+    from edge.sinks.spool import DATABASE, SpoolError
+
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(SpoolError, match="symbolic link"):
+        Spool(link, 1 << 20)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(SpoolError, match="other users can write"):
+        Spool(shared, 1 << 20)
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (planted / DATABASE).symlink_to(victim)
+    with pytest.raises(SpoolError, match="symbolic link"):
+        Spool(planted, 1 << 20)
+    assert victim.read_text() == "precious\n"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # a root run in a folder another user controls
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(str(theirs), 65534, 65534)
+        with pytest.raises(SpoolError, match="another user"):
+            Spool(theirs, 1 << 20)
+        assert not (theirs / DATABASE).exists()
+
+
+# ---------------------------------------------------------------------------------------------- issue 20
+
+def test_a_password_without_a_user_name_is_one_line_and_exit_2(colour_model, clip, tmp_path):
+    result = run_cli("--model", colour_model, "--source", clip, "--mqtt", "mqtt://127.0.0.1/edge", "--mqtt-spool",
+                     tmp_path / "s", env={"EDGE_MQTT_USERNAME": "", "EDGE_MQTT_PASSWORD": "s3cret"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "EDGE_MQTT_USERNAME" in result.stderr and "s3cret" not in result.stderr
+
+
+class MuteBroker:
+    """A port that accepts MQTT clients and never acknowledges: with ``connack`` it lets them in (CONNACK) and
+    then swallows every PUBLISH; without, it never answers the CONNECT."""
+
+    def __init__(self, connack: bool) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.port = self.server.getsockname()[1]
+        self.connack = connack
+        self.received = 0
+        self.accepted = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            connection, _ = self.server.accept()
+        except OSError:
+            return
+        self.accepted.set()
+        with connection:
+            first = connection.recv(65536)
+            if self.connack and first:
+                connection.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+            while first:
+                self.received += len(first)
+                first = connection.recv(65536)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize("connack", [False, True], ids=["no-connack", "no-puback"])
+def test_sigterm_while_the_broker_never_acknowledges_ends_within_a_second(colour_model, clip, tmp_path, connack):
+    """Waiting for the broker's first answer (start) or for acknowledgements (close) never holds up a stop."""
+    pytest.importorskip("paho.mqtt.client")
+    broker = MuteBroker(connack)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "--model", str(colour_model), "--source", str(clip), "--loop", "-q",
+         "--mqtt", f"mqtt://127.0.0.1:{broker.port}/edge", "--mqtt-every", "frame", "--mqtt-spool",
+         str(tmp_path / "spool")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert broker.accepted.wait(30), "edge-classify never connected"
+        deadline = time.monotonic() + 30
+        while connack and broker.received < 5000 and time.monotonic() < deadline:  # results are being sent
+            time.sleep(0.05)
+        time.sleep(0.2)
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+        took = time.monotonic() - stopped
+    finally:
+        if process.poll() is None:
+            process.kill()
+        broker.close()
+    print(f"\nSIGTERM with a broker that never acknowledges ({'after' if connack else 'before'} CONNACK): "
+          f"exit after {took:.2f} s")
+    assert process.returncode == 0, err
+    assert took < 1.0, err
+    assert "Traceback" not in err
+
+
+def test_a_damaged_spool_entry_is_dropped_and_counted_and_the_rest_is_sent(broker_factory, colour_model, clip,
+                                                                          tmp_path):
+    """Left from an earlier run: a message whose topic holds a wildcard (it can never be sent) between two good
+    ones. It is dropped and counted; the others and this run's results are sent, and the summary says so."""
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    spool.append(Message("edge/clip/label", json.dumps({"frame": 1000})))
+    spool.append(Message("edge/+/label", json.dumps({"frame": 1001})))
+    spool.append(Message("edge/clip/label", json.dumps({"frame": 1002})))
+    spool.close()
+    broker = broker_factory()
+    subscriber = Subscriber(broker.port, "edge")
+    result = run_cli("--model", colour_model, "--source", clip, "--max-frames", "3", "--mqtt-every", "frame",
+                     "--mqtt", f"mqtt://127.0.0.1:{broker.port}/edge", "--mqtt-spool", tmp_path / "spool")
+    assert result.returncode == 0, result.stderr
+    assert subscriber.wait_for(lambda: len(subscriber.labels()) >= 5)
+    subscriber.close()
+    assert [m["frame"] for m in subscriber.labels()] == [1000, 1002, 0, 1, 2]
+    # 5 labels and the retained <prefix>/<source>/model message (edge.model.swap) at start
+    assert "6 sent, 0 waiting in the spool, 1 dropped" in result.stderr, result.stderr
+    assert "wildcard" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 1 MiB tmpfs (root only): a disk that fills up for real."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mount = shutil.which("mount")
+    if mount is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    if subprocess.run([mount, "-t", "tmpfs", "-o", "size=1m,mode=700", "tmpfs", str(folder)],
+                      stderr=subprocess.DEVNULL).returncode != 0:
+        pytest.skip("this machine does not let us mount a tmpfs")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)  # -l: even if a failed test left a file open
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    fd = os.open(str(filler), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def publisher_cpu_s() -> float:
+    """CPU seconds used so far by the publisher's threads and paho's (not the rest of the test process, whose
+    leftovers from earlier tests would make a whole-process measure flaky)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for thread in threading.enumerate():
+        if thread.name.startswith(("mqtt-", "paho")) and thread.native_id is not None:
+            try:
+                fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended meanwhile
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def test_a_full_disk_loses_only_the_new_message_and_sending_resumes(broker_factory, tiny_filesystem):
+    from edge.sinks.mqtt import Credentials, Publisher, parse_url
+
+    broker = broker_factory()
+    subscriber = Subscriber(broker.port, "edge")
+    publisher = Publisher(parse_url(f"mqtt://127.0.0.1:{broker.port}/edge"), Credentials(), "cam",
+                          Spool(tiny_filesystem / "spool", 1 << 20))
+    publisher.start()
+
+    def send(*frames: int) -> None:
+        for frame in frames:
+            publisher.submit("edge/cam/label", json.dumps({"frame": frame}))
+
+    send(0, 1, 2)
+    assert subscriber.wait_for(lambda: len(subscriber.labels()) == 3)
+    filler = fill(tiny_filesystem)
+    send(3)  # no room for it: dropped and counted (unless sqlite still had room in pages it already holds)
+    dropped = publisher.stats.dropped
+    assert dropped in (0, 1)
+    cpu = publisher_cpu_s()
+    time.sleep(1.0)
+    assert publisher_cpu_s() - cpu < 0.5  # nothing spins on the full disk (a spinner would use about 1 s)
+    filler.unlink()
+    send(4, 5)
+    assert subscriber.wait_for(lambda: len(subscriber.labels()) == 6 - dropped)  # the rest all arrive
+    assert publisher.stats.dropped == dropped
+    publisher.close()
+    subscriber.close()
+    kept = [0, 1, 2, 4, 5] if dropped else [0, 1, 2, 3, 4, 5]
+    assert [m["frame"] for m in subscriber.labels()] == kept
+    assert (publisher.stats.sent, publisher.stats.queued, publisher.stats.dropped) == (len(kept), 0, dropped)
+
+
+def test_nothing_is_lost_when_the_process_is_killed(broker_factory, colour_model, clip, tmp_path):
+    """kill -9 while the broker is away: every result it had printed is in the spool, and the next run sends it."""
+    broker = broker_factory()
+    port = broker.port
+    subscriber = Subscriber(port, "edge")
+    broker.stop()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "--model", str(colour_model), "--source", str(clip), "--loop", "--json",
+         "--mqtt", f"mqtt://127.0.0.1:{port}/edge", "--mqtt-every", "frame", "--mqtt-spool", str(tmp_path / "spool")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    printed = []
+    for line in process.stdout:
+        printed.append(json.loads(line)["frame"])
+        if len(printed) >= 150:
+            break
+    process.kill()
+    process.communicate(timeout=30)
+    broker.start()
+    later = run_cli("--model", colour_model, "--source", clip, "--max-frames", "1", "--mqtt-name", "later",
+                    "--mqtt", f"mqtt://127.0.0.1:{port}/edge", "--mqtt-spool", tmp_path / "spool", "-q")
+    assert later.returncode == 0, later.stderr
+    killed = lambda: [json.loads(p)["frame"] for t, p, _ in subscriber.messages if t == "edge/clip/label"]  # noqa
+    assert subscriber.wait_for(lambda: len(killed()) >= len(printed) - 1)
+    subscriber.close()
+    arrived = killed()
+    assert arrived[:len(printed) - 1] == printed[:-1]  # the last printed one may not have been spooled yet
+    assert arrived == list(range(len(arrived)))
 
 
 # ---------------------------------------------------------------------------------------------- service
@@ -456,7 +707,7 @@ def test_service_install_passes_the_flags_and_keeps_the_login_out_of_argv(tmp_pa
     import re
     import stat
 
-    from edge.service import main as service
+    from edge.service.cli import main as service
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"onnx")
@@ -479,8 +730,8 @@ def test_service_install_passes_the_flags_and_keeps_the_login_out_of_argv(tmp_pa
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert "word" not in " ".join(value(unit, "ExecStart"))
     assert "network-online.target" in value(unit, "Wants")  # a broker is on the network
-    assert service(["install", "--model", str(model), "--user", "edge", "--dry-run", "--source", "csi://0",
-                    "--mqtt", "mqtt://broker.local/home"]) == 0
+    assert service(["install", "--model", str(model), "--user", "edge", "--root", str(root), "--dry-run",
+                    "--source", "csi://0", "--mqtt", "mqtt://broker.local/home"]) == 0
     shown = capsys.readouterr().out
     assert "EDGE_MQTT_USERNAME=camera" in shown and "word" not in shown  # a dry run does not print the password
 
@@ -490,7 +741,7 @@ def test_service_install_passes_the_flags_and_keeps_the_login_out_of_argv(tmp_pa
     (["--mqtt", "mqtt://broker/edge", "--mqtt-spool", "/srv/spool"], "/var/lib/edge-classify"),
 ])
 def test_service_install_refuses_a_login_in_the_url_and_a_spool_it_cannot_write(tmp_path, flags, message, capsys):
-    from edge.service import main as service
+    from edge.service.cli import main as service
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"onnx")
@@ -522,33 +773,33 @@ class FakePrediction:
     ("5", [0, 5, 10]),
 ])
 def test_mqtt_every_picks_the_frames(every, expected):
-    from edge.fleet import FleetOutputs
+    from edge.sinks.telemetry import Telemetry
 
-    fleet = FleetOutputs(FakePublisher(), None, "edge/cam/label", every, heartbeat_s=0)
+    telemetry = Telemetry(FakePublisher(), None, "edge/cam/label", every, heartbeat_s=0)
     for number in range(12):
         label = COLOURS[number // 4]
-        fleet.frame({"frame": number, "label": label}, FakePrediction(label), {}, 1.0, 30.0)
-    assert [m["frame"] for m in fleet.publisher.sent] == expected
+        telemetry.send({"frame": number, "label": label}, FakePrediction(label), {}, 1.0, 30.0)
+    assert [m["frame"] for m in telemetry.publisher.sent] == expected
 
 
 def test_the_heartbeat_resends_a_steady_label():
-    from edge.fleet import FleetOutputs
+    from edge.sinks.telemetry import Telemetry
 
     now = [100.0]
-    fleet = FleetOutputs(FakePublisher(), None, "edge/cam/label", "change", heartbeat_s=30.0, clock=lambda: now[0])
+    telemetry = Telemetry(FakePublisher(), None, "edge/cam/label", "change", heartbeat_s=30.0, clock=lambda: now[0])
     for number in range(3):
         now[0] += 1.0  # 29 s after the start at most: no heartbeat yet
-        fleet.frame({"frame": number, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
+        telemetry.send({"frame": number, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
     now[0] += 30.0
-    fleet.frame({"frame": 3, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
-    fleet.frame({"frame": 4, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
-    assert [m["frame"] for m in fleet.publisher.sent] == [0, 3]
+    telemetry.send({"frame": 3, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
+    telemetry.send({"frame": 4, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
+    assert [m["frame"] for m in telemetry.publisher.sent] == [0, 3]
 
 
 def test_service_with_mqtt_and_metrics_keeps_the_hardening_score(tmp_path):
     import re
 
-    from edge.service import main as service
+    from edge.service.cli import main as service
 
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from reference import seed_crop, seed_transform
 
-from edge.artifact import ModelSpec
-from edge.preprocess import Preprocessor, crop_plan, prefilter_kernel, reduction_block, resize_and_crop, resized_size
+from edge.model.artifact import ModelSpec
+from edge.model.preprocess import Preprocessor, crop_plan, prefilter_kernel, reduction_block, resize_and_crop, resized_size
 
 # Bounds measured on these photos (max / mean |difference| in grey levels, share of values off by more than 2).
 # Plain cv2.resize INTER_LINEAR + crop is off by up to ~150 levels on the same photos.

@@ -31,3 +31,42 @@ def test_the_check_would_catch_a_3_7_feature(tmp_path):
     done = subprocess.run(VERMIN + [str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           universal_newlines=True, timeout=120)
     assert done.returncode != 0 and "late.py" in done.stdout
+
+
+PYTHON_36 = Path.home() / ".pyenv" / "versions" / "3.6.15" / "bin" / "python"
+HOST_COMMANDS = ("export_main", "train_main")
+
+
+@pytest.mark.parametrize("entry", HOST_COMMANDS)
+def test_edge_export_and_edge_train_on_python_3_6_say_what_they_need_in_one_line(entry):
+    """A JetPack 4.6 install gets the console scripts too: on a real 3.6, their module imports and says in one line
+    (exit 2) that the command needs the host install, instead of ``SyntaxError: future feature annotations``."""
+    if not PYTHON_36.is_file():
+        pytest.skip(f"no Python 3.6 at {PYTHON_36} (pyenv install 3.6.15)")
+    code = f"import sys; from export.console import {entry}; sys.exit({entry}(['--version']))"
+    done = subprocess.run([str(PYTHON_36), "-c", code], cwd=str(REPO), env={"PYTHONPATH": str(REPO)},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "Python 3.9+ with torch" in lines[0] and "pip install '.[export]'" in lines[0] and "3.6" in lines[0]
+
+
+def test_the_console_scripts_point_at_the_module_any_python_imports():
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(str(REPO / "setup.cfg"))
+    lines = config["options.entry_points"]["console_scripts"].strip().splitlines()
+    scripts = dict(line.split(" = ") for line in lines if not line.startswith("#"))
+    assert scripts["edge-export"] == "export.console:export_main"
+    assert scripts["edge-train"] == "export.console:train_main"
+
+
+def test_without_torch_the_host_commands_name_the_extra(monkeypatch, capsys):
+    import export.console
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an install without the export extra sees
+    for entry in HOST_COMMANDS:
+        assert getattr(export.console, entry)([]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "torch is not installed" in lines[0] and "pip install '.[export]'" in lines[0]

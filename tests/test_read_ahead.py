@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edge.cli import main
-from edge.sources import READ_AHEAD, FrameBuffer, Grabber, SourceSpec, default_read_ahead
+from edge.sources.capture import Grabber, SourceSpec
+from edge.sources.frames import Frame, FrameBuffer
 
 
 class CountingVideo:
@@ -56,18 +57,15 @@ def test_reader_stays_at_most_read_ahead_frames_ahead(depth):
 
 
 def test_live_sources_keep_only_the_newest_frame_whatever_the_depth():
+    import threading
+
     buffer = FrameBuffer(latest_only=True, read_ahead=4)
-    assert buffer._capacity == 1
+    stop = threading.Event()
+    for number in range(5):
+        buffer.put(Frame(None, number, 0.0, 0.0), stop)  # never blocks: the stale frames are replaced
+    assert buffer.get(timeout=0.1).number == 4 and buffer.dropped == 4 and buffer.get(timeout=0.01) is None
     with pytest.raises(ValueError, match="0 or more"):
         FrameBuffer(latest_only=False, read_ahead=-1)
-    assert READ_AHEAD == 1
-
-
-@pytest.mark.parametrize("provider,depth", [("CPUExecutionProvider", 0), ("cpu", 0), ("CUDAExecutionProvider", 1),
-                                            ("TensorrtExecutionProvider", 1), ("cuda", 1)])
-def test_default_depth_by_what_runs_the_model(provider, depth):
-    """On a CPU, decoding ahead competes with the model for the cores; on a GPU it overlaps inference."""
-    assert default_read_ahead(provider) == depth
 
 
 def test_read_ahead_is_refused_for_a_live_source(photo_onnx, capsys):

@@ -20,11 +20,12 @@ from typing import List, Tuple
 
 import numpy as np
 import pytest
+from cli_checks import error_line
 from conftest import write_photo_video
 
-import edge.service
-from edge.notify import Notifier, socket_address, watchdog_interval
-from edge.service import main
+import edge.service.cli
+from edge.service.notify import Notifier, socket_address, watchdog_interval
+from edge.service.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 ANALYZE = shutil.which("systemd-analyze")
@@ -109,24 +110,31 @@ def test_ready_status_stopping(notify_socket):
                                         "STATUS=tabby 83% | 29.8 fps INJECTED=1", "STOPPING=1"]
 
 
-def test_watchdog_pings_at_half_the_interval(notify_socket):
-    environ = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": "200000", "WATCHDOG_PID": str(os.getpid())}
+def test_watchdog_pings_at_half_the_interval(tmp_path):
+    environ = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000", "WATCHDOG_PID": str(os.getpid())}
     assert Notifier.from_environment(environ).watchdog_interval == pytest.approx(0.1)
     # A simulated second of frames every millisecond on an injected clock: exact, however loaded the machine.
-    now = [0.0]
-    notifier = Notifier(socket_address(notify_socket.env_value), watchdog_interval(environ), clock=lambda: now[0])
-    pinged_at = []
-    for step in range(1001):  # a loop that calls watchdog() after every "frame"
-        now[0] = step / 1000
-        before = notifier._last_ping
-        notifier.watchdog()
-        if notifier._last_ping != before:
+    # No listening thread: a datagram sent on a local socket is queued by the time sendto() returns, so a
+    # non-blocking read after each call says whether that call pinged.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        sock.setblocking(False)
+        now = [0.0]
+        notifier = Notifier(socket_address(environ["NOTIFY_SOCKET"]), watchdog_interval(environ), clock=lambda: now[0])
+        pinged_at = []
+        for step in range(1001):  # a loop that calls watchdog() after every "frame"
+            now[0] = step / 1000
+            notifier.watchdog()
+            try:
+                message = sock.recv(4096)
+            except BlockingIOError:
+                continue
+            assert message == b"WATCHDOG=1"
             pinged_at.append(now[0])
-    notifier.close()
+        notifier.close()
     # One at once, then one every 0.1 s: the first frame at or after each tenth of a second (1 ms frames).
     gaps = np.diff(pinged_at)
     assert pinged_at[0] == 0.0 and len(pinged_at) >= 10 and 0.1 <= gaps.min() and gaps.max() <= 0.1011, pinged_at
-    assert settle(notify_socket, len(pinged_at)).count("WATCHDOG=1") == len(pinged_at)  # each reached the socket
 
 
 def test_watchdog_of_another_process_is_not_ours(notify_socket):
@@ -160,7 +168,7 @@ def test_no_watchdog_without_a_positive_interval(usec, notify_socket):
 def test_send_errors_are_logged_once_and_never_raised(tmp_path, caplog):
     notifier = Notifier.from_environment({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens"),
                                           "WATCHDOG_USEC": "1000"})
-    with caplog.at_level(logging.WARNING, logger="edge.notify"):
+    with caplog.at_level(logging.WARNING, logger="edge.service.notify"):
         notifier.ready("x")
         for _ in range(5):
             notifier.watchdog()
@@ -168,7 +176,7 @@ def test_send_errors_are_logged_once_and_never_raised(tmp_path, caplog):
         notifier.status("y")
         notifier.stopping()
     notifier.close()
-    warnings = [r for r in caplog.records if r.name == "edge.notify"]
+    warnings = [r for r in caplog.records if r.name == "edge.service.notify"]
     assert len(warnings) == 1 and "nobody-listens" in warnings[0].getMessage()
 
 
@@ -200,7 +208,7 @@ SOURCES = {
 def unit_file(request, tmp_path, model_file, monkeypatch) -> Path:
     flags = [str(tmp_path / "out" / "labelled.mp4") if f == "OUT" else f for f in SOURCES[request.param]]
     if request.param in ("home", "output"):
-        monkeypatch.setattr(edge.service, "HOME_DIRS", (str(tmp_path),))
+        monkeypatch.setattr(edge.service.cli, "HOME_DIRS", (str(tmp_path),))
     assert install(tmp_path / "root", model_file, *flags, "--json") == 0
     return tmp_path / "root/etc/systemd/system/edge-classify.service"
 
@@ -283,22 +291,28 @@ def test_install_then_uninstall_leave_nothing_behind(tmp_path, model_file, capsy
     root.mkdir()
     assert install(root, model_file, "--source", "csi://0") == 0
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
-        "etc/default/edge-classify", "etc/systemd/system/edge-classify.service"]
+        "etc/default/edge-classify", "etc/systemd/system/edge-classify.service",
+        "var/cache/edge-classify/.edge-service", "var/lib/edge-classify/.edge-service"]  # the folders it owns
     assert install(root, model_file, "--camera", "1") == 0  # again: replaces, leaves no temporary file
     assert main(["uninstall", "--root", str(root)]) == 0
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+        "var/cache/edge-classify/.edge-service", "var/lib/edge-classify/.edge-service"]  # state stays
+    assert install(root, model_file, "--camera", "1") == 0
+    assert main(["uninstall", "--purge", "--root", str(root)]) == 0
     assert list(root.iterdir()) == []
     assert main(["uninstall", "--root", str(root)]) == 1  # nothing left to remove
     assert "no service edge-classify here" in capsys.readouterr().err
 
 
-def test_dry_run_prints_and_writes_nothing(tmp_path, model_file, capsys):
+def test_dry_run_prints_and_writes_nothing(tmp_path, model_file, capsys, monkeypatch):
     root = tmp_path / "root"
     assert install(root, model_file, "--source", "csi://0", "--dry-run") == 0
     out = capsys.readouterr().out
     assert not root.exists()
     assert f"# ---- {root}/etc/systemd/system/edge-classify.service" in out and "Type=notify" in out
     assert f"# ---- {root}/etc/default/edge-classify" in out and f"EDGE_MODEL={model_file}" in out
-    assert main(["install", "--model", str(model_file), "--camera", "0", "--user", "edge", "--dry-run"]) == 0
+    monkeypatch.setattr(edge.service.cli, "PRIVATE_TMP_DIRS", ())  # this test's files live in /tmp
+    assert main(["install", "--model", str(model_file), "--camera", "0", "--user", "nobody", "--dry-run"]) == 0
     assert "# ---- /etc/systemd/system/edge-classify.service" in capsys.readouterr().out
 
 
@@ -310,16 +324,9 @@ def test_uninstall_leaves_units_it_did_not_write(tmp_path, capsys):
     assert "not written by edge-service" in capsys.readouterr().err and unit.is_file()
 
 
-def one_line_error(capsys) -> str:
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
-    assert captured.err.startswith("edge-service: ")
-    return captured.err
-
-
 def test_missing_model_is_one_line(tmp_path, capsys):
     assert install(tmp_path / "root", tmp_path / "nope.onnx", "--camera", "0") == 2
-    assert "model file not found" in one_line_error(capsys) and not (tmp_path / "root").exists()
+    assert "model file not found" in error_line(capsys, "edge-service") and not (tmp_path / "root").exists()
 
 
 @pytest.mark.parametrize("case", ["root is a file", "etc is a file", "read-only folder"])
@@ -335,29 +342,9 @@ def test_unwritable_root_is_one_line(case, tmp_path, model_file, capsys):
             pytest.skip("root writes into read-only folders anyway")
         root.mkdir(mode=0o555)
     assert install(root, model_file, "--camera", "0") == 1
-    assert re.search(r"is not a folder|cannot write .*(Not a directory|Permission denied)", one_line_error(capsys))
+    assert re.search(r"is not a folder|cannot write .*(Not a directory|Permission denied)", error_line(capsys, "edge-service"))
     if root.is_dir():
         assert not [p for p in root.rglob("*") if p.is_file() and p.name != "etc"]
-
-
-@pytest.mark.parametrize("argv, expected", [
-    ([], "say what to classify"),
-    (["--camera", "0", "--image", "x.jpg"], "--image: a service classifies"),
-    (["--camera", "0", "--display"], "--display: a service has no screen"),
-    (["--camera", "0", "--thresold", "0.5"], "unrecognized arguments: --thresold"),
-    (["--camera", "0", "--topk", "many"], "invalid int value: 'many'"),
-    (["--camera", "0", "--labels", "/no/such/labels.txt"], "--labels /no/such/labels.txt: no such file"),
-    (["--camera", "0", "--threshold", "0.5 0.6"], "cannot hold spaces"),
-    (["--source", "/no/such/video.mp4"], "no such video file"),
-    (["--camera", "0", "--user", "root"], "never runs as root"),
-    (["--camera", "0", "--name", "a/b"], "--name 'a/b'"),
-    (["--camera", "-1"], "not -1"),
-])
-def test_bad_install_input_is_one_line_and_exit_2(argv, expected, tmp_path, model_file, capsys):
-    code = main(["install", "--model", str(model_file), "--user", "edge", "--root", str(tmp_path / "r"), *argv])
-    assert code == 2
-    assert expected in one_line_error(capsys)
-    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("argv", [[], ["install"], ["remove"], ["status", "--bogus"], ["uninstall", "extra"],
@@ -371,16 +358,16 @@ def test_usage_errors_exit_2_without_a_traceback(argv, capsys):
 def test_install_without_root_says_sudo(model_file, monkeypatch, capsys):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert main(["install", "--model", str(model_file), "--camera", "0"]) == 1
-    assert "run it with sudo" in one_line_error(capsys)
+    assert "run it with sudo" in error_line(capsys, "edge-service")
     assert main(["uninstall"]) == 1
-    assert "run it with sudo" in one_line_error(capsys)
+    assert "run it with sudo" in error_line(capsys, "edge-service")
 
 
 def test_no_user_and_no_sudo_user_asks_for_one(tmp_path, model_file, monkeypatch, capsys):
     monkeypatch.delenv("SUDO_USER", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert main(["install", "--model", str(model_file), "--camera", "0", "--root", str(tmp_path / "r")]) == 2
-    assert "--user USER" in one_line_error(capsys)
+    assert "--user USER" in error_line(capsys, "edge-service")
     monkeypatch.setenv("SUDO_USER", "jetson")
     assert main(["install", "--model", str(model_file), "--camera", "0", "--root", str(tmp_path / "r")]) == 0
     assert keys(rendered(tmp_path / "r")[0], "User") == ["jetson"]
@@ -404,22 +391,22 @@ esac
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     runtime = tmp_path / "run-systemd-system"
     runtime.mkdir()
-    monkeypatch.setattr(edge.service, "SYSTEMD_RUNTIME", runtime)
-    monkeypatch.setattr(edge.service, "SYSTEM_ROOT", tmp_path / "sysroot")
+    monkeypatch.setattr(edge.service.cli, "SYSTEMD_RUNTIME", runtime)
+    monkeypatch.setattr(edge.service.cli, "SYSTEM_ROOT", tmp_path / "sysroot")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     return log
 
 
 def test_install_and_uninstall_drive_systemctl(fake_systemd, tmp_path, model_file, capsys, monkeypatch):
     assert main(["install", "--model", str(model_file), "--camera", "0", "--user", "nobody"]) == 2
-    assert "under /tmp, which the service does not share" in one_line_error(capsys)
-    monkeypatch.setattr(edge.service, "PRIVATE_TMP_DIRS", ())  # this test's files live in /tmp
+    assert "under /tmp, which the service does not share" in error_line(capsys, "edge-service")
+    monkeypatch.setattr(edge.service.cli, "PRIVATE_TMP_DIRS", ())  # this test's files live in /tmp
     assert main(["install", "--model", str(model_file), "--camera", "0", "--user", "nobody"]) == 0
     assert "journalctl -u edge-classify -f" in capsys.readouterr().out
     unit = tmp_path / "sysroot/etc/systemd/system/edge-classify.service"
     assert keys(unit.read_text(), "User") == ["nobody"]
     state = tmp_path / "sysroot/var/lib/edge-classify"
-    state.mkdir(parents=True)  # what systemd would have made
+    (state / "mqtt").mkdir()  # what the service would have written
     assert main(["uninstall", "--purge"]) == 0
     assert not unit.exists() and not state.exists()
     assert fake_systemd.read_text().splitlines() == [
@@ -428,9 +415,9 @@ def test_install_and_uninstall_drive_systemctl(fake_systemd, tmp_path, model_fil
 
 
 def test_install_refuses_a_user_that_does_not_exist(fake_systemd, model_file, capsys, monkeypatch):
-    monkeypatch.setattr(edge.service, "PRIVATE_TMP_DIRS", ())
+    monkeypatch.setattr(edge.service.cli, "PRIVATE_TMP_DIRS", ())
     assert main(["install", "--model", str(model_file), "--camera", "0", "--user", "no-such-user-here"]) == 2
-    assert "no user 'no-such-user-here' here" in one_line_error(capsys)
+    assert "no user 'no-such-user-here' here" in error_line(capsys, "edge-service")
 
 
 def test_status_shows_systemd_and_the_last_status_line(fake_systemd, capfd):
@@ -470,7 +457,8 @@ def test_edge_classify_under_a_fake_systemd(photo_onnx, looping_video, photo_mod
     exe = shutil.which("edge-classify")
     command = ([exe] if exe else [sys.executable, "-m", "edge.cli"]) + [
         "--model", str(photo_onnx), "--source", str(looping_video), "--loop"]
-    env = dict(os.environ, NOTIFY_SOCKET=listener.env_value, WATCHDOG_USEC="600000")  # pings every 0.3 s
+    # Pings every 0.5 s: half a second of room for a frame on a loaded machine before a ping is late.
+    env = dict(os.environ, NOTIFY_SOCKET=listener.env_value, WATCHDOG_USEC="1000000")
     env.pop("WATCHDOG_PID", None)
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
@@ -478,16 +466,16 @@ def test_edge_classify_under_a_fake_systemd(photo_onnx, looping_video, photo_mod
     try:
         assert listener.wait_for(lambda text: text.startswith("READY=1"), 120), (listener.texts(), log.read_text())
         assert process.poll() is None
-        time.sleep(3.0)
+        time.sleep(3.5)
         ready_at = next(t for t, text in listener.messages if text.startswith("READY=1"))
         pings = [t for t, text in listener.messages if text == "WATCHDOG=1" and t >= ready_at]
         gaps = np.diff(pings)
-        print(f"watchdog: {len(pings)} pings in 3 s, gaps median {np.median(gaps):.3f} s, "
-              f"min {gaps.min():.3f} s, max {gaps.max():.3f} s (asked: 0.300 s)")
-        # A ping goes out with the first frame done after the half interval: 0.3 s plus at most a frame.
-        assert len(pings) >= 6 and 0.28 <= np.median(gaps) <= 0.45, gaps
-        assert gaps.min() > 0.27, gaps  # not more often than asked
-        assert gaps.max() < 0.6, gaps  # never as late as WATCHDOG_USEC, when systemd would kill it
+        print(f"watchdog: {len(pings)} pings in 3.5 s, gaps median {np.median(gaps):.3f} s, "
+              f"min {gaps.min():.3f} s, max {gaps.max():.3f} s (asked: 0.500 s)")
+        # A ping goes out with the first frame done after the half interval: 0.5 s plus at most a frame.
+        assert len(pings) >= 5 and 0.48 <= np.median(gaps) <= 0.75, gaps
+        assert gaps.min() > 0.45, gaps  # not more often than asked
+        assert gaps.max() < 1.0, gaps  # never as late as WATCHDOG_USEC, when systemd would kill it
         statuses = [text for text in listener.texts() if text.startswith("STATUS=") or "\nSTATUS=" in text]
         assert any(label in text for text in statuses for label in labels), statuses
         print("first messages:", listener.texts()[:4])

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from cli_checks import usage_error
 from conftest import PHOTO_ARCH
 
 from export.cli import export_main
@@ -203,6 +204,33 @@ def test_deepstream_file_takes_0_255_pixels_and_config_names_files_that_exist(tm
     assert runtime_check(path, "deepstream", loaded, verification_photos).ok
 
 
+def refused_by_edge_classify(path: Path, image: Path, capsys) -> str:
+    """edge-classify's one line for a file another runtime runs (its softmax and its resize are not ours)."""
+    from edge.cli import main as classify_main
+
+    assert classify_main(["--model", str(path), "--image", str(image)]) == 2
+    printed = capsys.readouterr()
+    lines = printed.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in printed.err and printed.out == "", printed
+    return lines[0]
+
+
+def test_edge_classify_refuses_the_files_of_other_runtimes_naming_the_runtime(tmp_path, jetson_file, photo_model,
+                                                                              photo_dir, capsys):
+    """A "3" at 99% read as "class 1 (20.1%)": DeepStream's file takes 0..255 floats and ends in a Softmax."""
+    from edge import contract
+
+    line = refused_by_edge_classify(jetson_file, photo_dir, capsys)
+    assert "for jetson-inference" in line and "for edge-classify" in line, line
+    deepstream = tmp_path / "m.deepstream.onnx"
+    write_target_onnx(loaded_photo_model(photo_model), deepstream, TARGETS["deepstream"], {})  # no provenance given
+    assert {p.key: p.value for p in onnx.load(str(deepstream)).metadata_props}["target"] == "deepstream"
+    line = refused_by_edge_classify(deepstream, photo_dir, capsys)
+    assert "for DeepStream (nvinfer)" in line and "--target onnxruntime" in line, line
+    assert sorted(contract.RUNTIMES_ELSEWHERE) == sorted(t.name for t in TARGETS.values() if not t.self_describing)
+
+
+@pytest.mark.slow  # a whole CLI export and run: seconds on 2 cores
 def test_tensorrt_target_has_no_uint8_and_edge_classify_runs_it(tmp_path, weights_and_labels, photo_model,
                                                                 photo_dir, capsys):
     from edge.cli import main as classify_main
@@ -238,7 +266,7 @@ def test_labels_a_runtime_cannot_hold_fail_before_any_export(tmp_path, weights_a
     code = export_main(["--arch", PHOTO_ARCH, "--weights", str(weights), "--labels", str(labels),
                         "--target", "deepstream", "--out", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "';'" in err and "Traceback" not in err
+    usage_error(code, err, "edge-export", "';'")
     assert set(tmp_path.iterdir()) == before
 
 
@@ -249,10 +277,11 @@ def test_a_side_file_never_overwrites_an_input(tmp_path, weights_and_labels, cap
     code = export_main(["--arch", PHOTO_ARCH, "--weights", str(weights), "--labels", str(labels),
                         "--target", "jetson-inference", "--out", str(tmp_path / "m.jetson.onnx")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "would overwrite the input" in err
+    usage_error(code, err, "edge-export", "would overwrite the input")
     assert labels.read_bytes() == labels_file.read_bytes() and sorted(tmp_path.iterdir()) == [labels]
 
 
+@pytest.mark.slow  # a whole CLI export: seconds on 2 cores
 def test_a_target_that_disagrees_leaves_no_model_and_no_side_files(tmp_path, weights_and_labels, monkeypatch,
                                                                    capsys):
     import export.target_verify
@@ -298,6 +327,9 @@ def test_one_run_writes_every_target_verified_with_commands_that_name_its_files(
         code = classify_main(["--model", str(model), "--image", str(photo_dir), "--json"])
         records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert code == 0 and [r["label"] for r in records] == [Path(r["source"]).stem for r in records]
+    for model, runtime in ((tmp_path / "m.jetson.onnx", "jetson-inference"),
+                           (tmp_path / "m.deepstream.onnx", "DeepStream")):
+        assert runtime in refused_by_edge_classify(model, photo_dir, capsys)
 
 
 def test_a_runtime_path_that_feeds_the_file_wrongly_is_caught(photo_model, jetson_file, verification_photos):
@@ -308,6 +340,6 @@ def test_a_runtime_path_that_feeds_the_file_wrongly_is_caught(photo_model, jetso
     loaded = loaded_photo_model(photo_model)
     frames = [frame for _, frame in verification_photos]
     device = runtime_device_path(jetson_file, TARGETS["jetson-inference"], loaded)
-    assert verify_runtime(frames, eager_reference(loaded, frames), loaded, device, tolerance=0.001).ok
+    # The right feed passes the same check: test_jetson_inference_file_takes_what_imagenet_feeds (runtime_check).
     raw = dataclasses.replace(device, to_input=lambda crop: crop.transpose(2, 0, 1).astype(np.float32))
     assert not verify_runtime(frames, eager_reference(loaded, frames), loaded, raw, tolerance=0.001).ok

@@ -3,8 +3,7 @@
 import onnxruntime as ort
 import pytest
 
-from edge.backends import BackendError
-from edge.backends.onnxruntime import CPU, CUDA, TENSORRT, OnnxRuntimeBackend, set_cpu_threads
+from edge.model.backends.onnxruntime import CPU, CUDA, TENSORRT, OnnxRuntimeBackend, set_cpu_threads
 from edge.cli import main
 
 SPIN = "session.intra_op.allow_spinning"
@@ -34,15 +33,19 @@ def test_threads_option_sizes_the_pool_without_spinning(providers):
     assert configured(providers, 3) == (3, "0")
 
 
-def test_threads_must_be_positive():
-    with pytest.raises(BackendError, match="at least 1"):
-        configured([CPU], 0)
+def test_threads_must_be_positive(photo_onnx, capsys):
+    """Checked once, with the other flags (edge.settings), before the model loads."""
+    from edge.cli import main
+
+    assert main(["--model", str(photo_onnx), "--image", "x.jpg", "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--threads must be at least 1, not 0" in err
 
 
 def test_session_runs_with_the_threads_asked_for(photo_onnx, photos):
     import numpy as np
 
-    from edge.preprocess import resize_and_crop
+    from edge.model.preprocess import resize_and_crop
 
     backend = OnnxRuntimeBackend(photo_onnx, device="cpu", threads=1)
     assert backend.session.get_session_options().intra_op_num_threads == 1

@@ -3,7 +3,9 @@
 The data are scikit-learn's handwritten digits (real scans, 8x8) scaled up to 32 px PNGs: four classes,
 75 train and 25 val images each. resnet18 from scratch learns them in two epochs of a second each;
 resnet18 rather than mobilenet_v2 for the parity test because a barely trained mobilenet_v2 is chaotic
-(a one-grey-level difference between PIL's and OpenCV's resize flips some of its answers).
+(a one-grey-level difference between PIL's and OpenCV's resize flips some of its answers). Those runs
+(89 MB checkpoints, several seconds each) are the slow set; the fast set checks the same round trip
+on ``tiny``: mobilenet_v2 trained in features mode (only the head learns) for one epoch on 2 x 16 images.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import urllib.error
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from export.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_val_images, load_checkpoint, save_checkpoint
 from export.cli import train_main as main
+from export import quickstart
 from export.zoo import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,20 +36,8 @@ FAST = ["--weights", "none", "--arch", "resnet18", "--image-size", str(SIDE), "-
 
 
 def write_digits(root: Path, *, per_class: int = 100, val_every: int = 4, classes: int = 4, side: int = SIDE) -> Path:
-    """``root/train/digitN/*.png`` and ``root/val/digitN/*.png`` (every ``val_every``-th image in val)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    counts: Dict[int, int] = {}
-    for index, (image, target) in enumerate(zip(digits.images, digits.target)):
-        if target >= classes or counts.get(target, 0) >= per_class:
-            continue
-        rank = counts[target] = counts.get(target, 0) + 1
-        folder = root / ("val" if rank % val_every == 0 else "train") / f"digit{target}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = (image / 16 * 255).astype(np.uint8)
-        Image.fromarray(pixels).resize((side, side), Image.BILINEAR).save(folder / f"{index:04d}.png")
-    return root
+    """``root/train/digitN/*.png`` and ``root/val/digitN/*.png``: edge-quickstart's own digits folder."""
+    return quickstart.write_digits(root, per_class=per_class, val_every=val_every, classes=classes, side=side)
 
 
 def files_beside(out: Path) -> Dict[str, Path]:
@@ -58,6 +48,24 @@ def files_beside(out: Path) -> Dict[str, Path]:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """Two classes, 16 train and 4 val images each: enough for one quick epoch."""
+    return write_digits(tmp_path_factory.mktemp("small"), per_class=20, val_every=5, classes=2)
+
+
+TINY = ["--weights", "none", "--arch", "mobilenet_v2", "--mode", "features", "--image-size", str(SIDE),
+        "--augment", "none", "--batch-size", "8", "--workers", "0", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, small) -> Path:
+    """One epoch of mobilenet_v2's head on ``small``: the fast set's trained checkpoint (9 MB)."""
+    out = tmp_path_factory.mktemp("tiny") / "c.pt"
+    assert main(["--data", str(small), "--epochs", "1", "--out", str(out)] + TINY) == 0
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +105,40 @@ def test_learns_the_digits_and_writes_everything_beside_the_checkpoint(trained, 
             image.verify()
 
 
+def test_a_tiny_run_writes_everything_and_round_trips(tiny, small):
+    files = files_beside(tiny)
+    assert all(path.is_file() for path in files.values()), sorted(p.name for p in tiny.parent.iterdir())
+    assert not [p for p in tiny.parent.iterdir() if ".tmp-" in p.name]
+    ckpt = load_checkpoint(tiny)
+    assert ckpt["classes"] == CLASSES[:2] and ckpt["epoch"] == 1 and ckpt["world_size"] == 1
+    assert ckpt["global_step"] == 4 and ckpt["lr_scale"] == 1.0 and ckpt["args"]["amp"] is None  # 32 images / 8
+    assert all(v.dtype != torch.bfloat16 and v.is_contiguous() for v in ckpt["model"].values())
+    metrics = json.loads(files["metrics"].read_text())
+    assert metrics["format"] == "edge-train-metrics" and metrics["epochs"][0]["val_images"] == 8
+    from export.load import load_checkpoint_model
+
+    loaded = load_checkpoint_model(tiny)
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in ckpt["model"].items())
+    val = sorted(p for p in (small / "val").rglob("*.png"))
+    assert val_accuracy_of(loaded.model, val, [CLASSES.index(p.parent.name) for p in val]) == \
+        ckpt["history"][0]["val_correct"]
+
+
+def test_a_tiny_run_exports_and_classifies_as_it_validated(tiny, small, tmp_path, capsys):
+    from edge.cli import main as classify_main
+    from export.cli import export_main
+
+    onnx = tmp_path / "tiny.onnx"
+    assert export_main(["--checkpoint", str(tiny), "--precision", "fp32", "--out", str(onnx)]) == 0
+    assert "8/8" in capsys.readouterr().out
+    assert classify_main(["--model", str(onnx), "--image", str(small / "val"), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 8
+    assert sum(r["label"] == Path(r["source"]).parent.name for r in records) == \
+        load_checkpoint(tiny)["history"][0]["val_correct"]
+
+
+@pytest.mark.slow
 def test_checkpoint_round_trips_into_the_same_model_and_accuracy(trained):
     from export.load import load_checkpoint_model
 
@@ -128,6 +170,7 @@ def test_resume_goes_on_as_if_never_stopped(trained, digits, tmp_path, capsys):
     assert "already trained 2 of 2 epochs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_then_edge_classify_reproduces_the_val_accuracy(trained, digits, tmp_path, capsys):
     from edge.cli import main as classify_main
     from export.cli import export_main
@@ -144,16 +187,11 @@ def test_export_then_edge_classify_reproduces_the_val_accuracy(trained, digits, 
     assert correct == best["val_correct"]
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory) -> Path:
-    """Two classes, 16 train and 4 val images each: enough for one quick epoch."""
-    return write_digits(tmp_path_factory.mktemp("small"), per_class=20, val_every=5, classes=2)
-
-
 @pytest.mark.parametrize("arch, flags, frozen, trained", [
     ("mobilenet_v2", ["--mode", "features"], ["features."], []),
-    ("mobilenet_v2", ["--freeze", "3"], ["features.0.", "features.1.", "features.2."], ["features.3."]),
-    ("resnet18", ["--freeze", "5"], ["conv1.", "bn1.", "layer1."], ["layer2."]),
+    pytest.param("mobilenet_v2", ["--freeze", "3"], ["features.0.", "features.1.", "features.2."], ["features.3."],
+                 marks=pytest.mark.slow),
+    pytest.param("resnet18", ["--freeze", "5"], ["conv1.", "bn1.", "layer1."], ["layer2."], marks=pytest.mark.slow),
 ])
 def test_frozen_layers_keep_their_weights_and_statistics(arch, flags, frozen, trained, small, tmp_path):
     torch.manual_seed(3)
@@ -178,19 +216,19 @@ def test_pretrained_weights_come_through_torchvisions_download_code(small, tmp_p
     """torchvision finds the file in its cache, as after a download: no network."""
     import torchvision.models
 
-    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    url = torchvision.models.get_model_weights("mobilenet_v2").DEFAULT.url
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     torch.manual_seed(4)
-    start = build_model("resnet18", 1000).state_dict()
+    start = build_model("mobilenet_v2", 1000).state_dict()
     torch.save(start, cache / Path(url).name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     out = tmp_path / "c.pt"
-    assert main(["--data", str(small), "--arch", "resnet18", "--weights", "pretrained", "--mode", "features",
+    assert main(["--data", str(small), "--arch", "mobilenet_v2", "--weights", "pretrained", "--mode", "features",
                  "--image-size", str(SIDE), "--epochs", "1", "--workers", "0", "--out", str(out)]) == 0
     after = load_checkpoint(out)["model"]
-    assert all(torch.equal(after[k], v) for k, v in start.items() if not k.startswith("fc."))
-    assert after["fc.weight"].shape == (2, 512)
+    assert all(torch.equal(after[k], v) for k, v in start.items() if not k.startswith("classifier.1."))
+    assert after["classifier.1.weight"].shape == (2, 1280)
 
 
 def test_pretrained_offline_says_how_to_pass_a_local_file(small, tmp_path, monkeypatch, capsys):
@@ -220,7 +258,7 @@ def test_unreadable_images_are_skipped_and_counted(small, tmp_path, caplog):
     jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
     out = tmp_path / "c.pt"
     with caplog.at_level("WARNING"):  # batches of 10: no last batch of one image to drop
-        assert main(["--data", str(data), "--epochs", "1", "--out", str(out)] + FAST + ["--batch-size", "10"]) == 0
+        assert main(["--data", str(data), "--epochs", "1", "--out", str(out)] + TINY + ["--batch-size", "10"]) == 0
     assert "skipped 3 unreadable image(s)" in caplog.text and "cut.jpg" in caplog.text
     ckpt = load_checkpoint(out)
     assert ckpt["skipped_images"] == 3 and ckpt["train_images"] == 33  # 32 good + cut.jpg
@@ -306,9 +344,15 @@ BAD_CASES = ["missing folder", "no class folders", "only files", "one class only
              "image too small", "bad flag value"]
 
 
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, small) -> Dict[str, tuple]:
+    """Built once for all the cases (each only reads them)."""
+    return _bad_inputs(tmp_path_factory.mktemp("bad"), small)
+
+
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_gives_one_line_and_exit_2(case, small, tmp_path, capsys):
-    argv, message = _bad_inputs(tmp_path, small)[case]
+def test_bad_input_gives_one_line_and_exit_2(case, bad_inputs, tmp_path, capsys):
+    argv, message = bad_inputs[case]
     code = main(argv + ["--out", str(tmp_path / "out" / "c.pt")])
     err = capsys.readouterr().err
     assert code == 2, err
@@ -334,3 +378,154 @@ def test_out_may_not_overwrite_the_weights_it_starts_from(small, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "would overwrite the --weights file" in err and err.count("\n") == 1, err
     assert weights.read_bytes() == before
+
+
+@pytest.mark.slow  # bf16 convolutions on a CPU without bf16 instructions: tens of seconds
+def test_amp_on_the_cpu_trains_in_bf16_and_saves_fp32_weights(small, tmp_path, capsys):
+    out = tmp_path / "c.pt"
+    assert main(["--data", str(small), "--epochs", "1", "--out", str(out), "--amp"] + TINY) == 0
+    assert "AMP bf16" in capsys.readouterr().out
+    ckpt = load_checkpoint(out)
+    assert ckpt["args"]["amp"] is True
+    assert {v.dtype for v in ckpt["model"].values()} <= {torch.float32, torch.int64}
+
+
+def test_amp_and_channels_last_default_on_for_cuda_only(monkeypatch):
+    from export.train.train import pick_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (pick_precision(None, cpu).dtype, pick_precision(None, cpu).channels_last) == (None, False)
+    assert pick_precision(True, cpu).dtype == torch.bfloat16
+    assert (pick_precision(False, cuda).dtype, pick_precision(False, cuda).channels_last) == (None, True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert pick_precision(None, cuda).dtype == torch.float16  # with a GradScaler
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_precision(None, cuda).dtype == torch.bfloat16
+
+
+def _copy_run(tiny: Path, folder: Path, name: str) -> Path:
+    """The tiny run's last checkpoint as ``folder/<name>.last.pt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(files_beside(tiny)["last"], folder / f"{name}.last.pt"))
+
+
+def test_resume_writes_to_its_own_output_never_to_a_path_from_the_checkpoint(tiny, tmp_path, capsys):
+    user = tmp_path / "notes.txt"
+    user.write_text("mine")
+    ckpt = load_checkpoint(files_beside(tiny)["last"])
+    ckpt["args"]["out"] = str(user)  # a checkpoint from elsewhere naming a user's file
+    hostile = tmp_path / "run" / "h.last.pt"
+    save_checkpoint(ckpt, hostile)
+    assert main(["--resume", str(hostile), "--epochs", "2"]) == 0
+    assert user.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]
+    assert load_checkpoint(hostile)["epoch"] == 2  # went on beside the file given: run/h.last.pt, run/h.pt...
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {"h.pt", "h.last.pt", "h.metrics.json", "h.curves.png",
+                                                               "h.val.png"}
+    capsys.readouterr()
+    assert main(["--resume", str(tiny), "--epochs", "2"]) == 2  # not a .last.pt: --out must say where
+    assert "name the run's output with --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("existing", ["c.pt", "c.last.pt", "c.metrics.json", "c.curves.png", "c.val.png"])
+def test_an_existing_file_edge_train_did_not_write_is_never_replaced(existing, small, tmp_path, capsys):
+    user = tmp_path / existing
+    user.write_bytes(b"\x89PNG\r\n\x1a\n a user's file" if existing.endswith(".png") else b"{}")
+    code = main(["--data", str(small), "--epochs", "1", "--out", str(tmp_path / "c.pt")] + TINY)
+    err = capsys.readouterr().err
+    assert code == 2 and f"{user} exists and was not written by edge-train" in err and err.count("\n") == 1, err
+    assert [p.name for p in tmp_path.iterdir()] == [existing] and user.read_bytes()[:4] in (b"\x89PNG", b"{}")
+
+
+def test_when_no_epoch_improves_the_summary_says_so(tiny, tmp_path, capsys):
+    ckpt = load_checkpoint(files_beside(tiny)["last"])
+    ckpt["best_acc"] = 1.0  # nothing beats it: ties keep the earlier epoch
+    last = tmp_path / "b.last.pt"
+    save_checkpoint(ckpt, last)
+    assert main(["--resume", str(last), "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "(best epoch)" not in out, out
+    assert "no epoch of this run (epoch 2) beat the val accuracy of epoch 1" in out
+    assert f"{tmp_path / 'b.pt'} was not written" in out and not (tmp_path / "b.pt").exists()
+    assert f"edge-export --checkpoint {last}" in out
+
+
+def test_temporaries_left_by_kill_9_are_removed_by_the_next_run(tiny, tmp_path):
+    last = _copy_run(tiny, tmp_path, "k")
+    killed = ("import os, signal, sys; from pathlib import Path; from export.train.files import atomic_path\n"
+              "with atomic_path(Path(sys.argv[1])) as tmp:\n"
+              "    tmp.write_bytes(b'half a checkpoint'); os.kill(os.getpid(), signal.SIGKILL)")
+    result = subprocess.run([sys.executable, "-c", killed, str(tmp_path / "k.pt")], cwd=REPO, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == -9
+    [stale] = [p for p in tmp_path.iterdir() if p.name.startswith(".k.tmp-")]
+    writing = tmp_path / f".k.metrics.tmp-{os.getpid()}-abc.json"  # a run still writing: kept
+    writing.write_text("{}")
+    other = tmp_path / ".notes.tmp-999999999-abc.txt"  # not one of this run's names: kept
+    other.write_text("")
+    assert main(["--resume", str(last), "--epochs", "1"]) == 0  # already done: nothing trained, still cleaned
+    assert not stale.exists() and writing.exists() and other.exists()
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_write_once_and_resume_on_one(digits, tmp_path, capsys):
+    """torchrun with 2 CPU processes (gloo) against one process with the same global batch and learning rate.
+
+    --mode features keeps BatchNorm in eval mode, so the two runs compute the same gradients on the same
+    batches (the order comes from (seed, epoch), whatever the number of processes): the accuracies agree to
+    float rounding. In finetune mode each process's BatchNorm sees its own 8 images, not 16, and the runs
+    drift apart (without --sync-bn, which needs CUDA).
+    """
+    from edge.cli import main as classify_main
+    from export.cli import export_main
+
+    flags = ["--data", str(digits), "--weights", "none", "--arch", "resnet18", "--mode", "features",
+             "--image-size", str(SIDE), "--augment", "none", "--workers", "0", "--epochs", "2", "--device", "cpu"]
+    one = tmp_path / "one" / "c.pt"
+    assert main(flags + ["--batch-size", "16", "--lr", "0.02", "--out", str(one)]) == 0
+    two = tmp_path / "two" / "c.pt"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "export.train"] + flags + ["--batch-size", "8", "--lr", "0.01", "--out", str(two)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("train loss") == 1 and result.stdout.count("wrote ") == 1  # rank 0 alone prints
+    assert sorted(p.name for p in two.parent.iterdir()) == sorted(p.name for p in files_beside(two).values())
+    ckpt, alone = load_checkpoint(files_beside(two)["last"]), load_checkpoint(files_beside(one)["last"])
+    assert (ckpt["world_size"], ckpt["global_batch"], ckpt["lr_scale"], ckpt["global_step"]) == (2, 16, 2.0, 2 * 19)
+    assert [row["lr"] for row in ckpt["history"]] == [0.02, 0.02]
+    assert [row["val_images"] for row in ckpt["history"]] == [100, 100]  # every val image once, none twice
+    assert abs(ckpt["best_acc"] - alone["best_acc"]) <= 0.02, (ckpt["history"], alone["history"])
+
+    capsys.readouterr()
+    assert main(["--resume", str(files_beside(two)["last"]), "--epochs", "3"]) == 0  # one process now
+    resumed = load_checkpoint(files_beside(two)["last"])
+    assert (resumed["epoch"], resumed["world_size"], resumed["lr_scale"]) == (3, 1, 1.0)
+    assert resumed["history"][2]["lr"] == 0.01 and resumed["global_step"] == 2 * 19 + 38  # 300 images / 8
+    best = load_checkpoint(two)
+    onnx = tmp_path / "two.onnx"
+    assert export_main(["--checkpoint", str(two), "--precision", "fp32", "--out", str(onnx)]) == 0
+    capsys.readouterr()
+    assert classify_main(["--model", str(onnx), "--image", str(digits / "val"), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 100
+    assert sum(r["label"] == Path(r["source"]).parent.name for r in records) == \
+        best["history"][best["best_epoch"] - 1]["val_correct"]
+
+
+def test_files_of_runs_from_before_the_marks_are_still_ours(tiny, tmp_path):
+    """Metrics JSON without ``format`` and PNGs without the ``Software`` mark, as earlier versions wrote them."""
+    from export.errors import UsageError
+    from export.train.files import RunFiles
+
+    files = RunFiles.beside(tmp_path / "c.pt")
+    metrics = json.loads(files_beside(tiny)["metrics"].read_text())
+    del metrics["format"]
+    files.metrics.write_text(json.dumps(metrics))
+    Image.new("RGB", (8, 8)).save(files.curves)
+    with pytest.raises(UsageError, match="c.curves.png exists and was not written by edge-train"):
+        files.refuse_foreign()  # no checkpoint of the run beside it: a user's PNG
+    shutil.copy(files_beside(tiny)["last"], files.last)
+    files.refuse_foreign()
+    files.grid.write_text("not a PNG")
+    with pytest.raises(UsageError, match="c.val.png exists"):
+        files.refuse_foreign()

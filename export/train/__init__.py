@@ -4,6 +4,8 @@
     data.py         class folders, the validation split, the train and eval transforms
     checkpoint.py   the self-describing checkpoint edge-export reads
     report.py       metrics JSON, loss/accuracy curves, the labelled validation grid
+    files.py        the run's files beside --out: pid-named temporaries, never replacing a file not ours
+    distributed.py  several processes under torchrun: rank, world size, the sums across ranks
 
 Importing this package imports nothing heavy; ``export.train.train`` needs torch.
 """

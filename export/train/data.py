@@ -10,7 +10,7 @@ from which ``val_fraction`` of each class is split off with a fixed seed. Class 
 names, sorted, as torchvision's ``ImageFolder`` has them; hidden files and folders (``.ipynb_checkpoints``)
 are ignored. Files with an image suffix that do not open are skipped and counted, never fatal.
 
-``eval_transform`` is THE spec the device reproduces (edge/preprocess.py): PIL bilinear resize with
+``eval_transform`` is THE spec the device reproduces (edge/model/preprocess.py): PIL bilinear resize with
 antialias of the shorter side to ``resize``, then a center crop of ``side``.
 """
 

@@ -4,8 +4,9 @@
     write_curves(Path("runs/d.curves.png"), history, best_epoch)    # loss and accuracy, train and val
     write_val_grid(Path("runs/d.val.png"), crops, predicted, true, classes)
 
-Every file is written to a temporary name and renamed into place. Plots use matplotlib's Agg canvas
-directly (no pyplot, no display, no global backend switch).
+Every file is written to a temporary name and renamed into place, and says it is edge-train's (the JSON's
+``format``, the PNGs' ``Software`` text), so a later run replaces it and never a user's file of that name.
+Plots use matplotlib's Agg canvas directly (no pyplot, no display, no global backend switch).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..exporter import atomic_path
+from .files import METRICS_FORMAT, PNG_SOFTWARE, atomic_path
 
 TILE = 112  # smallest tile side in the grid: 32-pixel images are scaled up to be seen
 GRID_COLUMNS = 8
@@ -24,7 +25,8 @@ RIGHT, WRONG = (0, 128, 0), (200, 0, 0)
 def write_metrics(path: Path, summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> None:
     """``summary`` (arch, classes, best epoch...) and ``history`` (one dict per epoch) as JSON."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({**summary, "epochs": list(history)}, indent=1) + "\n", encoding="utf-8")
+        document = {"format": METRICS_FORMAT, **summary, "epochs": list(history)}
+        tmp.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
 
 def write_curves(path: Path, history: Sequence[Mapping[str, Any]], best_epoch: int) -> None:
@@ -48,22 +50,26 @@ def write_curves(path: Path, history: Sequence[Mapping[str, Any]], best_epoch: i
             axes.set_xticks(epochs if len(epochs) <= 25 else epochs[:: max(len(epochs) // 12, 1)])
     acc_axes.set_ylim(0, 1.02)
     with atomic_path(path) as tmp:
-        figure.savefig(str(tmp), format="png", bbox_inches="tight")
+        figure.savefig(str(tmp), format="png", bbox_inches="tight", metadata={"Software": PNG_SOFTWARE})
 
 
 def write_val_grid(path: Path, crops: Sequence[Any], predicted: Sequence[int], true: Sequence[int],
                    classes: Sequence[str]) -> None:
     """The validation crops (PIL images, as the model saw them) captioned ``predicted / true``:
-    green when right, red when wrong, in a ``make_grid`` saved with ``save_image``."""
+    green when right, red when wrong, in a ``make_grid`` saved as ``save_image`` does, with our PNG text."""
     import torch
     import torchvision.transforms.functional as F
-    from torchvision.utils import make_grid, save_image
+    from PIL import Image, PngImagePlugin
+    from torchvision.utils import make_grid
 
     tiles = [F.pil_to_tensor(_captioned(crop, classes[p], classes[t], p == t)) for crop, p, t
              in zip(crops, predicted, true)]
     grid = make_grid(torch.stack(tiles).float() / 255, nrow=min(GRID_COLUMNS, len(tiles)), padding=4, pad_value=1.0)
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
     with atomic_path(path) as tmp:
-        save_image(grid, str(tmp), format="png")
+        Image.fromarray(pixels).save(str(tmp), format="PNG", pnginfo=info)
 
 
 def _captioned(crop, predicted: str, true: str, right: bool):

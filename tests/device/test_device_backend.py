@@ -2,7 +2,7 @@
 
 import pytest
 
-from edge.backends import onnxruntime as ort_backend
+from edge.model.backends import onnxruntime as ort_backend
 
 from .conftest import run
 

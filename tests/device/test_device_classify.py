@@ -100,7 +100,7 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(bundle):
 
 
 def test_a_stream_password_is_kept_out_of_the_name_it_is_shown_by():
-    from edge.sources import parse_source
+    from edge.sources.capture import parse_source
 
     spec = parse_source(source="rtsp://admin:s3cret@192.168.1.20:554/live")
     assert spec.name == "rtsp://admin:***@192.168.1.20:554/live" and "s3cret" in spec.target

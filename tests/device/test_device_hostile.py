@@ -46,11 +46,25 @@ def hostile(case: str, jpeg: bytes, folder: Path) -> Path:
         path.write_bytes(jpeg[: len(jpeg) // 2] + b"\xff\xd9")
     elif case == "fifo":
         os.mkfifo(str(path))
+    elif case == "many scans":
+        path.write_bytes(many_scans(jpeg, 160))
     return path
 
 
+def many_scans(jpeg: bytes, scans: int) -> bytes:
+    """``jpeg`` re-encoded progressive by this OpenCV (libjpeg's 10 scans), its last scan repeated up to ``scans``."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * (scans - 10) + data[end:]
+
+
 CASES = [("png bomb", "1024 megapixels, over the limit"), ("jpeg bomb", "625 megapixels, over the limit"),
-         ("truncated", "truncated JPEG"), ("truncated + EOI", "truncated JPEG"), ("fifo", "not a regular file")]
+         ("truncated", "truncated JPEG"), ("truncated + EOI", "truncated JPEG"), ("fifo", "not a regular file"),
+         ("many scans", "a progressive JPEG of more than 100 scans")]
 
 
 @pytest.mark.parametrize("case,message", CASES, ids=[c for c, _ in CASES])
@@ -85,3 +99,27 @@ def test_output_over_the_input_and_a_special_labels_file_are_refused(bundle, tmp
     done = run("edge-classify", "--model", bundle.models["fp32_uint8"], "--image", photo, "--labels", "/dev/zero",
                timeout=60)
     assert done.code == 2 and "not a regular file" in one_line(done.err)
+
+
+def test_a_glob_through_links_back_ends_and_a_name_that_is_not_utf8_is_classified(bundle, tmp_path):
+    folder = tmp_path / "in"
+    (folder / "a").mkdir(parents=True)
+    shutil.copy(str(bundle.photos / "chelsea.jpg"), os.fsdecode(bytes(folder / "a") + b"/caf\xe9.jpg"))
+    os.symlink("..", str(folder / "a" / "up"))
+    os.symlink(".", str(folder / "here"))
+    done = run("edge-classify", "--model", bundle.models["fp32_uint8"], "--image", str(folder / "**" / "*.jpg"),
+               "--json", timeout=60)
+    assert done.code == 0, done.err
+    [record] = done.json_lines()
+    assert os.fsencode(record["source"]).endswith(b"a/caf\xe9.jpg") and record["label"] == "chelsea"
+
+
+def test_an_onnx_model_with_a_custom_operator_domain_is_refused(bundle, tmp_path):
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2, len(payload)]) + payload
+
+    opset = field(8, field(1, b"") + b"\x10\x0d") + field(8, field(1, b"com.example.custom") + b"\x10\x01")
+    model = tmp_path / "custom.onnx"
+    model.write_bytes(b"\x08\x07" + opset)  # ir_version 7 and two opset imports: enough to be refused
+    done = run("edge-classify", "--model", model, "--image", bundle.photos / "chelsea.jpg")
+    assert done.code == 2 and "custom domain 'com.example.custom'" in one_line(done.err)

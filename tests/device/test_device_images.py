@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.images import ImageError, read_image
-from edge.preprocess import resize_and_crop
+from edge.sources.images import ImageError, read_image
+from edge.model.preprocess import resize_and_crop
 
 
 def smooth_frame(width: int, height: int) -> np.ndarray:

@@ -1,11 +1,12 @@
-"""edge-service and sd_notify as installed on a device: the unit it would write, and the datagrams it sends."""
+"""edge-service and sd_notify as installed on a device: the unit it would write (``--root``: for another machine,
+so that the bundle under /tmp is accepted), and the datagrams it sends."""
 
 import socket
 from typing import List
 
 import pytest
 
-from edge.notify import Notifier
+from edge.service.notify import Notifier
 
 from .conftest import one_line, run
 
@@ -14,9 +15,9 @@ def dry_run(*argv: object):
     return run("edge-service", "install", "--dry-run", *argv)
 
 
-def test_dry_run_renders_a_csi_unit_for_a_named_user(bundle):
+def test_dry_run_renders_a_csi_unit_for_a_named_user(bundle, tmp_path):
     model = bundle.models["fp16_uint8"]
-    done = dry_run("--user", "nobody", "--model", model, "--source", "csi://0", "--json")
+    done = dry_run("--user", "nobody", "--model", model, "--source", "csi://0", "--json", "--root", tmp_path)
     assert done.code == 0, done.err
     unit = done.out
     lines = unit.splitlines()
@@ -27,11 +28,20 @@ def test_dry_run_renders_a_csi_unit_for_a_named_user(bundle):
     assert str(model) in unit and "csi://0" in unit and "--json" in unit
 
 
-def test_dry_run_for_a_usb_camera_needs_no_argus(bundle):
-    done = dry_run("--user", "nobody", "--model", bundle.models["fp32_uint8"], "--camera", "0")
+def test_dry_run_for_a_usb_camera_needs_no_argus(bundle, tmp_path):
+    done = dry_run("--user", "nobody", "--model", bundle.models["fp32_uint8"], "--camera", "0", "--root", tmp_path)
     assert done.code == 0, done.err
     lines = done.out.splitlines()
     assert "PrivateTmp=yes" in lines and not any(line.startswith("Wants=") for line in lines)
+
+
+def test_a_dry_run_here_refuses_a_model_under_tmp_as_install_does(bundle):
+    model = bundle.models["fp32_uint8"]
+    if not str(model).startswith("/tmp/"):
+        pytest.skip(f"the bundle is not under /tmp: {model}")
+    done = dry_run("--user", "nobody", "--model", model, "--camera", "0")  # no --root: for this machine
+    assert done.code == 2, (done.out, done.err)
+    assert "under /tmp, which the service does not share" in one_line(done.err)
 
 
 @pytest.mark.parametrize("argv, needle", [

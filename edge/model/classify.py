@@ -1,0 +1,201 @@
+"""The one classify step shared by ``--image`` and the camera loop: frame -> Prediction.
+
+    classifier = Classifier.open(Path("mobilenet_v2.onnx"), topk=5)
+    prediction = classifier.classify(cv2.imread("cat.jpg"))
+    prediction.label, prediction.score, prediction.ms      # 'tabby', 0.83, {'preprocess': 0.4, 'infer': 5.1}
+
+Logits that are not finite (a model whose arithmetic overflowed: FP16 past 65504, a bad weight) give
+no ranking: such a frame is a :class:`ClassifyError` (one failed input), and a model that does it on
+the load-time test frame is refused at load. Scores written out are cut, never rounded up (:func:`cut`),
+so a score below ``--threshold`` never reads as reaching it.
+"""
+
+
+import time
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edge.model.artifact import ArtifactError, ModelSpec, read_labels, spec_from_metadata
+from edge.model.backends import Backend, BackendError, open_backend
+from edge.errors import EdgeError
+from edge.model.preprocess import Preprocessor
+
+
+class ClassifyError(EdgeError, RuntimeError):
+    """A model or an input that cannot be classified; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class TopK:
+    label: str
+    index: int
+    score: float
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"label": self.label, "index": self.index, "score": float(cut(self.score, SCORE_DECIMALS))}
+
+
+SCORE_DECIMALS = 6  # of a probability in JSON
+
+
+def cut(value: float, decimals: int, scale: int = 1) -> Decimal:
+    """``value * scale`` cut (floored) to ``decimals``, from the shortest decimal that is the float (``repr``).
+
+    Rounding would show 0.8999996 as 0.9; cutting keeps every shown score on the same side of a
+    threshold as the score itself (a threshold typed with at most ``decimals`` digits).
+    """
+    return (Decimal(repr(float(value))) * scale).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_FLOOR)
+
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The argmax class, its softmax probability, the top-k, and how long each step took.
+
+    ``index`` is None when the label is ``unknown`` (the best score fell below ``--threshold``).
+    """
+
+    label: str
+    index: Optional[int]
+    score: float
+    topk: Tuple[TopK, ...]
+    probabilities: np.ndarray = field(repr=False, compare=False)
+    ms: Dict[str, float] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> Dict[str, object]:
+        """The JSON fields: label, index, score, topk, ms."""
+        return {
+            "label": self.label,
+            "index": self.index,
+            "score": float(cut(self.score, SCORE_DECIMALS)),
+            "topk": [k.to_dict() for k in self.topk],
+            "ms": {name: round(value, 3) for name, value in self.ms.items()},
+        }
+
+
+class Classifier:
+    """An artifact, its spec and its preprocessing, behind one ``classify(frame)`` call."""
+
+    def __init__(self, backend: Backend, spec: ModelSpec, topk: int = 5) -> None:
+        if topk < 1:
+            raise ClassifyError(f"--topk must be at least 1, not {topk}")
+        self.backend = backend
+        self.spec = spec
+        self.topk = min(topk, spec.num_classes)
+        self.preprocess = Preprocessor(spec)
+
+    @classmethod
+    def open(cls, model: Path, *, backend: str = "auto", device: str = "auto", labels: Optional[Path] = None,
+             topk: int = 5, threads: Optional[int] = None, spare_cores: int = 0) -> "Classifier":
+        """Load ``model``; its metadata gives labels and sizes (``labels`` overrides the label names).
+
+        ``spare_cores``: on a CPU, leave that many cores to work beside the model (see ``open_backend``).
+        """
+        try:
+            runtime = open_backend(Path(model), backend, device, threads, spare_cores)
+            spec = spec_from_metadata(runtime.metadata, input_shape=runtime.input_shape,
+                                      input_dtype=runtime.input_dtype, num_classes=runtime.num_classes,
+                                      name=Path(model).name)
+            if labels is not None:
+                spec = spec.with_labels(read_labels(labels))
+        except (BackendError, ArtifactError) as exc:
+            raise ClassifyError(str(exc)) from None
+        classifier = cls(runtime, spec, topk)
+        classifier.warm_up()
+        return classifier
+
+    def release(self) -> None:
+        """Let go of the runtime (a model swapped out while others still hold this object): its memory is freed."""
+        self.backend = None  # type: ignore[assignment]
+
+    def warm_up(self) -> None:
+        """One inference on a blank frame, so a model that cannot run fails at load (exit 2), not on frame 1.
+
+        It also checks what comes out: one row of ``num_classes`` logits.
+        """
+        side = self.spec.input_side
+        try:
+            logits = self.backend.run(self.preprocess(np.zeros((side, side, 3), np.uint8))[None])
+        except (BackendError, ValueError) as exc:
+            raise ClassifyError(f"the model fails on a test input: {exc}") from None
+        shape = tuple(np.shape(logits))
+        if shape != (1, self.spec.num_classes):
+            raise ClassifyError(f"the model gives outputs of shape {list(shape)} for one image; expected "
+                                f"[1, {self.spec.num_classes}] (one score per label)")
+        try:
+            check_finite(logits[0])
+        except ClassifyError as exc:
+            raise ClassifyError(f"the model fails on a test input: {exc}") from None
+
+    def classify(self, frame_bgr: np.ndarray) -> Prediction:
+        """Preprocess, infer and rank one BGR uint8 frame."""
+        started = time.perf_counter()
+        batch = self.prepare(frame_bgr)
+        return self.classify_prepared(batch, {"preprocess": (time.perf_counter() - started) * 1e3})
+
+    def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """One BGR uint8 frame -> the model's batch of one (safe to call on another thread than the model's)."""
+        try:
+            return self.preprocess(frame_bgr)[None]
+        except ValueError as exc:
+            raise ClassifyError(str(exc)) from None
+
+    def classify_prepared(self, batch: np.ndarray, ms: Optional[Dict[str, float]] = None) -> Prediction:
+        """Infer and rank a batch of one from :meth:`prepare`; ``ms`` (timings so far) is carried into the result."""
+        started = time.perf_counter()
+        logits = self.backend.run(batch)[0]  # BackendError (one line) if the runtime fails
+        inferred = time.perf_counter()
+        prediction = self.prediction_from_logits(logits, ms)
+        prediction.ms.update(infer=(inferred - started) * 1e3, topk=(time.perf_counter() - inferred) * 1e3)
+        return prediction
+
+    def prediction_from_logits(self, logits: np.ndarray, ms: Optional[Dict[str, float]] = None) -> Prediction:
+        """Softmax and rank one frame's logits; ClassifyError if any is NaN or infinite."""
+        check_finite(logits)
+        return self.prediction_from_probabilities(softmax(logits), ms)
+
+    def prediction_from_probabilities(self, probs: np.ndarray, ms: Optional[Dict[str, float]] = None) -> Prediction:
+        """Rank a probability vector (one frame's, or several frames' average when smoothing)."""
+        check_finite(probs, "probabilities")
+        order = top_indices(probs, self.topk)
+        labels = self.spec.labels
+        top = tuple(TopK(labels[i], int(i), float(probs[i])) for i in order)
+        return Prediction(top[0].label, top[0].index, top[0].score, top, probs, dict(ms or {}))
+
+
+def with_threshold(prediction: Prediction, threshold: float) -> Prediction:
+    """``prediction``, or the same one labelled ``unknown`` (index None) when its score is below ``threshold``."""
+    if prediction.score >= threshold:
+        return prediction
+    return replace(prediction, label=UNKNOWN, index=None)
+
+
+def check_finite(values: np.ndarray, what: str = "scores") -> None:
+    """ClassifyError unless every value is a finite number (NaN would rank anywhere and print as ``nan%``)."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise ClassifyError(f"the model's {what} are not finite numbers ({finite.size - np.count_nonzero(finite)} of "
+                            f"{finite.size} NaN or infinite: its arithmetic overflowed on this input)")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax of one logits vector, in float64."""
+    shifted = np.asarray(logits, np.float64) - np.max(logits)
+    exp = np.exp(shifted)
+    return exp / exp.sum()
+
+
+def top_indices(values: np.ndarray, k: int) -> Sequence[int]:
+    """Indices of the ``k`` largest values, largest first (ties: lower index first)."""
+    if k == 1:
+        return [int(np.argmax(values))]
+    if k >= len(values):
+        return list(np.argsort(-values, kind="stable"))
+    part = np.argpartition(-values, k - 1)[:k]
+    return list(part[np.lexsort((part, -values[part]))])
