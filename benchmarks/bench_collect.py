@@ -11,7 +11,7 @@ training on what it found help? One run, on real handwritten digits (scikit-lear
    against the model's error rate on the whole stream. Target: uncertainty >= 3x random.
 3. The loop's FPS without ``--collect`` and with it (best of 2 each), and the disk the kept JPEGs take.
 4. The loop closed: a simulated reviewer confirms or relabels every kept frame with its true label
-   (``edge.review.decide``, what ``edge-collect`` and ``/review`` call); ``edge-train --weights WEAK.pt``
+   (``edge.collect.folder.decide``, what ``edge-collect`` and ``/review`` call); ``edge-train --weights WEAK.pt``
    fine-tunes the weak model on its own training digits plus DIR/labelled (copied into one ImageFolder: the
    collection alone may lack a class, which gives a fresh head), ``edge-export`` exports it; both models
    are scored on the collected frames and on held-out digits.
@@ -112,7 +112,7 @@ def predictions(model: Path, images: np.ndarray) -> List[str]:
 
 
 def collect(model: Path, video: Path, root: Path, when: str, seed: int = 0) -> Tuple[Dict, Collected]:
-    from edge.sinks.collect import CollectOptions, parse_when
+    from edge.collect.sampler import CollectOptions, parse_when
 
     if root.exists():
         shutil.rmtree(str(root))
@@ -132,8 +132,8 @@ def disk_bytes(root: Path) -> int:
 
 
 def review_with_truth(root: Path, entries: Collected, truth: np.ndarray) -> Dict[str, int]:
-    """A reviewer who knows the answers: confirm the right guesses, relabel the wrong ones (edge.review.decide)."""
-    from edge.review import decide
+    """A reviewer who knows the answers: confirm the right guesses, relabel the wrong ones (edge.collect.folder.decide)."""
+    from edge.collect.folder import decide
 
     done = {"confirm": 0, "relabel": 0}
     for entry in entries:

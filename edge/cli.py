@@ -26,7 +26,7 @@ from edge.argtypes import positive_int
 from edge.errors import EXIT_USAGE, add_version, parse_arguments, print_error, run_guarded, use_own_stderr
 from edge.model.swap import add_model_swap_arguments
 from edge.settings import Settings, check_settings, settings_from_args
-from edge.sinks.collect import add_collect_arguments
+from edge.collect.sampler import add_collect_arguments
 from edge.sinks.telemetry import add_telemetry_arguments
 from edge.sinks.web import add_serve_arguments
 
@@ -242,7 +242,7 @@ def run_images(settings: Settings, classifier: Any, items: List, plan: Concurren
                times: Any = None) -> int:
     """A list of images through the loop: a line (or JSON line) each, labelled copies with ``--output``."""
     from edge import pipeline
-    from edge.sinks.collect import Collector
+    from edge.collect.sampler import Collector
     from edge.sinks.console import ConsoleSink
     from edge.sinks.files import LabelledImages, OutputError, output_targets
     from edge.sources.images import ImageSource
@@ -273,7 +273,7 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
     """A camera, video or stream through the loop, with the sinks its flags ask for, until it ends or ``stop``."""
     from edge import pipeline
     from edge.service.notify import Notifier
-    from edge.sinks.collect import Collector
+    from edge.collect.sampler import Collector
     from edge.sinks.console import ConsoleSink
     from edge.sinks.files import LabelledVideo, check_not_an_input
     from edge.sinks.telemetry import Telemetry
@@ -320,6 +320,8 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
                 slot.listeners.append(live.model_changed)
         if settings.collect is not None:
             sinks.append(Collector(settings.collect, settings.model))
+            if slot is not None:
+                slot.listeners.append(sinks[-1].model_changed)
             if live is not None:
                 live.review_dir = settings.collect.dir  # the /review page
         return sinks

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from edge.model.swap import check_swap_settings
-from edge.sinks.collect import CollectOptions, check_collect_options
+from edge.collect.sampler import CollectOptions, check_collect_options
 from edge.sinks.telemetry import TelemetryOptions, check_telemetry_arguments
 from edge.sinks.web import check_serve_arguments
 
@@ -58,7 +58,7 @@ class Settings:
     canary: Optional[Path] = None
     canary_min: Optional[float] = None
     mqtt_allow_model_updates: bool = False
-    collect: Optional[CollectOptions] = None  # --collect DIR and its samplers (edge.sinks.collect)
+    collect: Optional[CollectOptions] = None  # --collect DIR and its samplers (edge.collect.sampler)
 
     @property
     def streaming(self) -> bool:

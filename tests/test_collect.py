@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import collect_cli
+from edge.collect import cli as collect_cli
 from edge.model.classify import Prediction, TopK
-from edge.review import ReviewError, decide, frame_id, safe_name, unreviewed
+from edge.collect.folder import ReviewError, decide, frame_id, safe_name, unreviewed
 from edge.sinks import Result
-from edge.sinks.collect import CollectOptions, Collector, dhash, hamming, parse_when
+from edge.collect.sampler import CollectOptions, Collector, dhash, hamming, parse_when
 from edge.sources.frames import Frame
 
 LABELS = ("cat", "dog", "bird")
@@ -183,13 +183,29 @@ def test_full_frames_atomic_names_and_manifest(tmp_path, frames):
     assert len(entry["model_sha256"]) == 64
 
 
+def test_manifest_names_the_model_that_classified_each_frame_across_a_swap(tmp_path, frames):
+    """A frame kept before a hot swap carries the old model's sha256, one kept after it the new one's, even when
+    --watch-model has already replaced the file on disk (the slot's word is taken, the file is not re-hashed)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"old model")
+    sink = Collector(CollectOptions(tmp_path / "c", parse_when("every=1"), interval_s=0, dedup_bits=0), model=model,
+                     clock=Clock())
+    sink.model_changed({"event": "active", "sha256": "a" * 64, "file": str(model)})
+    sink.write(result(frames[0], [0.9, 0.05, 0.05], 0))
+    model.write_bytes(b"new model")  # replaced on disk, then swapped in between two frames
+    sink.model_changed({"event": "swap", "sha256": "b" * 64, "file": str(model)})
+    sink.write(result(frames[1], [0.9, 0.05, 0.05], 1))
+    sink.close()
+    assert [(e["frame"], e["model_sha256"]) for e in manifest(tmp_path / "c")] == [(0, "a" * 64), (1, "b" * 64)]
+
+
 def test_safe_name():
     assert safe_name("../..") == "_" and safe_name("a/b\\c\x00d") == "a_b_c_d" and safe_name(".hidden") == "hidden"
     assert safe_name("tabby cat") == "tabby cat" and len(safe_name("x" * 500)) <= 80
 
 
 def test_write_never_waits_for_a_slow_disk(tmp_path, frames, monkeypatch):
-    import edge.sinks.collect as collect
+    import edge.collect.sampler as collect
 
     monkeypatch.setattr(collect, "write_new", lambda *a: time.sleep(0.5) or Path(a[0]) / "x.jpg")
     monkeypatch.setattr(collect, "QUEUE_BYTES", 3 * frames[0].nbytes)

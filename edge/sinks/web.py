@@ -155,7 +155,7 @@ class LiveView:
         self._new_jpeg = threading.Condition()
         self._closing = threading.Event()
         self.server: Optional[GuardedServer] = None
-        self.review_dir: Optional[Path] = None  # --collect DIR: the /review page (edge.sinks.reviewpage)
+        self.review_dir: Optional[Path] = None  # --collect DIR: the /review page (edge.collect.reviewpage)
         self.labels = tuple(getattr(spec, "labels", ()))
         self._encoder = threading.Thread(target=self._encode_loop, name="edge-live-encode", daemon=True)
         threading.Thread(target=self._hash_model, name="edge-live-sha256", daemon=True).start()
@@ -465,20 +465,20 @@ class LiveHandler(GuardedHandler):
             live.wait(min(period, 0.1))
 
 
-    # -- /review (with --collect): ids in, JSON out, through edge.review as edge-collect does
+    # -- /review (with --collect): ids in, JSON out, through edge.collect.folder as edge-collect does
 
     def review(self, query: Dict[str, List[str]]) -> None:
         from edge.resources import package_text
-        from edge.sinks import reviewpage
+        from edge.collect import reviewpage
 
         if self.live.review_dir is None:
             self.reply(404, "/review needs --collect DIR\n")
             return
-        self.reply(200, package_text("edge.sinks", reviewpage.PAGE), "text/html; charset=utf-8",
+        self.reply(200, package_text("edge.collect", reviewpage.PAGE), "text/html; charset=utf-8",
                    {"Content-Security-Policy": PAGE_POLICY})
 
     def review_list(self, query: Dict[str, List[str]]) -> None:
-        from edge.sinks import reviewpage
+        from edge.collect import reviewpage
 
         if self.live.review_dir is None:
             self.reply(404, "/api/review needs --collect DIR\n")
@@ -487,7 +487,7 @@ class LiveHandler(GuardedHandler):
         self.reply(200, json.dumps(_finite(listing), ensure_ascii=False), "application/json")
 
     def review_frame(self, query: Dict[str, List[str]]) -> None:
-        from edge.sinks import reviewpage
+        from edge.collect import reviewpage
 
         given = (query.get("id") or [""])[0]
         jpeg = reviewpage.frame_jpeg(self.live.review_dir, given) if self.live.review_dir is not None else None
@@ -497,7 +497,7 @@ class LiveHandler(GuardedHandler):
         self.reply(200, jpeg, "image/jpeg")
 
     def post(self, path: str, query: Dict[str, Any], body: bytes) -> None:
-        from edge.sinks import reviewpage
+        from edge.collect import reviewpage
 
         if path != "/api/review/decide" or self.live.review_dir is None:
             self.reply(404, "not found\n")

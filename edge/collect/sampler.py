@@ -1,7 +1,7 @@
 """``--collect DIR``: keep the frames the model is unsure about (or that a sampler picks) for review and training.
 
     edge-classify --model m.onnx --camera 0 --collect /data/collect --collect-when uncertain:0.6:0.15,changed
-    edge-collect review /data/collect          # then confirm, relabel, discard (edge.collect_cli), or /review
+    edge-collect review /data/collect          # then confirm, relabel, discard (edge.collect.cli), or /review
 
 Samplers (``--collect-when``, comma-separated; a frame is kept when any matches and every limit allows):
   ``uncertain[:P[:MARGIN]]``  top-1 probability below P (default 0.5) or top-1 minus top-2 below MARGIN (0.1)
@@ -16,7 +16,7 @@ one of the last few kept), and ``--collect-budget MB`` of unreviewed JPEGs (the 
 The loop never waits for this: :meth:`Collector.write` only decides and puts a reference to the frame
 in a queue bounded by bytes (``QUEUE_BYTES``) (a full queue drops the frame, counted); one writer thread encodes the ORIGINAL
 full frame as a JPEG, writes it under a temporary name and renames it into
-``DIR/unreviewed/<label>/<time>-<source>.jpg``, then appends its manifest line (``edge.review``).
+``DIR/unreviewed/<label>/<time>-<source>.jpg``, then appends its manifest line (``edge.collect.folder``).
 """
 
 import argparse
@@ -34,7 +34,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from edge.review import (IMAGE_SUFFIX, MANIFEST, UNREVIEWED, append_line, safe_name, unreviewed)
+from edge.collect.folder import (IMAGE_SUFFIX, MANIFEST, UNREVIEWED, append_line, safe_name, unreviewed)
 
 log = logging.getLogger("edge-classify")
 
@@ -255,7 +255,7 @@ class Collector:
                 return
             self._recent.append(digest)
         entry = Kept(image=result.frame.image, label=label, source=result.name, time=time.time(), why=why,
-                     record=result.record)
+                     record=result.record, model=self.model, model_sha256=self._sha256)
         size = int(getattr(result.frame.image, "nbytes", 0))
         with self._queued_lock:
             full = self._queued + size > QUEUE_BYTES
@@ -331,7 +331,8 @@ class Collector:
             "file": f"{UNREVIEWED}/{entry['label']}/{path.name}", "time": round(entry["time"], 3),
             "source": entry["source"], "frame": record.get("frame"), "label": record.get("label"),
             "score": record.get("score"), "topk": record.get("topk"), "sampler": entry["why"],
-            "model": str(self.model) if self.model else None, "model_sha256": self._model_sha256()})
+            "model": str(entry["model"] or self.model or "") or None,
+            "model_sha256": entry["model_sha256"] or self._model_sha256()})
         if self.clock() - self._recounted >= RECOUNT_S:
             self._recount()
         self._prune()
@@ -351,7 +352,15 @@ class Collector:
             self._per_class[label] = max(0, self._per_class.get(label, 0) - 1)
             self.counts["evicted"] += 1
 
+    def model_changed(self, facts: Dict[str, Any]) -> None:
+        """The running model (``edge.model.swap``'s listeners, on the loop thread): frames kept from now on carry
+        its sha256, those queued before keep the one they were classified by."""
+        if facts.get("sha256"):
+            self._sha256 = facts["sha256"]
+            self.model = Path(facts["file"]) if facts.get("file") else self.model
+
     def _model_sha256(self) -> Optional[str]:
+        """The model file's sha256, hashed once on the writer thread (without a model slot to say it)."""
         if self.model is None:
             from edge.model.defaults import default_model_path
 

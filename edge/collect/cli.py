@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 
 from edge import __version__
 from edge.errors import EXIT_OK, EdgeError, add_version, parse_arguments, run_guarded
-from edge.review import LABELLED, UNREVIEWED, counts, decide, manifest_entries, unreviewed
+from edge.collect.folder import LABELLED, UNREVIEWED, counts, decide, manifest_entries, unreviewed
 
 PROG = "edge-collect"
 
@@ -57,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(args: argparse.Namespace) -> int:
     root: Path = args.dir
     if not root.is_dir():
-        from edge.review import ReviewError
+        from edge.collect.folder import ReviewError
 
         raise ReviewError(f"{root}: not a folder (edge-classify --collect {root} makes one)")
     if args.command == "review":

@@ -1,6 +1,6 @@
 """The collection folder (``edge-classify --collect DIR``) and the decisions a reviewer takes on its frames.
 
-One layout, read and written by the collecting sink (``edge.sinks.collect``), the ``edge-collect``
+One layout, read and written by the collecting sink (``edge.collect.sampler``), the ``edge-collect``
 command and the live view's ``/review`` page, which all call these functions::
 
     DIR/unreviewed/<predicted label>/<time>-<source>.jpg   frames kept by the samplers, full size

@@ -1,5 +1,5 @@
 """The live view's ``/review`` page (``--serve`` with ``--collect DIR``): the unreviewed frames as a grid, decided
-in a browser through the same functions as ``edge-collect`` (``edge.review``).
+in a browser through the same functions as ``edge-collect`` (``edge.collect.folder``).
 
     GET  /review                   review.html (package data)
     GET  /api/review               {"frames": [{id, label, score, sampler, time, source, topk}], "labels": [...],
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from edge.review import LABELLED, ReviewError, counts, decide, find, manifest_entries, unreviewed
+from edge.collect.folder import LABELLED, ReviewError, counts, decide, find, manifest_entries, unreviewed
 
 PAGE = "review.html"
 MAX_FRAMES_LISTED = 500
