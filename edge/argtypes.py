@@ -8,6 +8,7 @@ Standard library only (edge-classify on the device and edge-export/edge-train on
 
 import argparse
 import math
+from typing import Tuple
 
 
 def positive_int(text: str) -> int:
@@ -51,3 +52,13 @@ def probability(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, not {text}")
     return value
+
+
+def roi(text: str) -> Tuple[int, int, int, int]:
+    """``--roi X,Y,W,H``: a region of interest in the frame's pixels."""
+    from edge.sources.sourcelist import parse_roi
+
+    try:
+        return parse_roi(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -19,10 +19,10 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, List, NamedTuple, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from edge import __version__
-from edge.argtypes import positive_int
+from edge.argtypes import positive_int, roi
 from edge.errors import EXIT_USAGE, add_version, parse_arguments, print_error, run_guarded, use_own_stderr
 from edge.model.swap import add_model_swap_arguments
 from edge.settings import Settings, check_settings, settings_from_args
@@ -49,11 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an .onnx or .ts artifact (default: mobilenet_v2 ImageNet from $EDGE_MODEL or "
                              "~/.cache/edge-classifier/mobilenet_v2_fp16.onnx, FP32 where onnxruntime has no GPU; "
                              "built once if edge-export is here)")
-    inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--image", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
-    inputs.add_argument("--camera", type=int, metavar="N", help="a V4L2 camera index (/dev/videoN)")
-    inputs.add_argument("--source", metavar="URI",
-                        help="csi://N, /dev/videoN, a video file, rtsp:// or http:// stream, or a GStreamer pipeline")
+    parser.add_argument("--image", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    parser.add_argument("--camera", type=int, action="append", metavar="N",
+                        help="a V4L2 camera index (/dev/videoN); repeat for several cameras")
+    parser.add_argument("--source", action="append", metavar="[NAME=]URI",
+                        help="csi://N, /dev/videoN, a video file, rtsp:// or http:// stream, or a GStreamer pipeline; "
+                             "repeat for several sources, classified in one batch")
+    parser.add_argument("--sources", type=Path, metavar="FILE",
+                        help="sources from a file, one per line: [NAME=]URI [roi=X,Y,W,H]")
     parser.add_argument("--labels", type=Path, metavar="FILE", help="label names, one per line (overrides the model's)")
     parser.add_argument("--topk", type=int, default=1, metavar="K", help="show the K best classes (default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image or frame on stdout")
@@ -99,6 +102,12 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--csi-resize", action="store_true",
                        help="csi://: scale frames to the model's resize size in the Jetson's video hardware "
                             "(frees the CPU; not PIL's filter, so a little less parity: see the README)")
+    group.add_argument("--max-batch", type=int, default=8, metavar="N",
+                       help="with several sources, classify at most N frames in one run of the model (default 8); "
+                            "the sources take turns, so none starves")
+    group.add_argument("--roi", type=roi, metavar="X,Y,W,H",
+                       help="classify only this part of the frame (each source of the command line; a sources file "
+                            "gives one per line)")
     group.add_argument("--read-ahead", type=int, metavar="N",
                        help="frames a video file is decoded ahead of the model (default: 0 when the CPU runs the "
                             "model, the least lag; 1 with a GPU, decoding beside inference; more adds lag, not "
@@ -270,73 +279,129 @@ def run_images(settings: Settings, classifier: Any, items: List, plan: Concurren
 
 def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: threading.Event, times: Any = None,
                model: Optional[Path] = None) -> int:
-    """A camera, video or stream through the loop, with the sinks its flags ask for, until it ends or ``stop``."""
+    """Cameras, videos or streams through the loop (several in one batch), with the sinks the flags ask for,
+    until they end or ``stop``."""
     from edge import pipeline
     from edge.service.notify import Notifier
-    from edge.collect.sampler import Collector
-    from edge.sinks.console import ConsoleSink
-    from edge.sinks.files import LabelledVideo, check_not_an_input
-    from edge.sinks.telemetry import Telemetry
-    from edge.sinks.overlay import Window, opencv_has_gui
-    from edge.sinks.web import LiveView, ServeOptions
-    from edge.sources.capture import Grabber, Reconnect, open_capture, parse_source
+    from edge.sources.capture import Grabber, Reconnect, open_capture
+    from edge.sources.sourcelist import SourceListError
 
-    spec = parse_source(camera=settings.camera, source=settings.source, width=settings.width,
-                        height=settings.height, fps=settings.fps,
-                        csi_resize=classifier.spec.resize_side if settings.csi_resize else None)
-    problem = _stream_problem(settings, spec, opencv_has_gui)
+    try:
+        entries, specs = _stream_sources(settings, classifier)
+    except SourceListError as exc:
+        return _fail(str(exc))
+    problem = next(filter(None, (_stream_problem(settings, spec) for spec in specs)), None)
     if problem:
         return _fail(problem)
-    if settings.output and spec.kind == "file":
-        check_not_an_input([settings.output], [Path(str(spec.target))])
+    outputs = _video_outputs(settings.output, entries, specs)
     notifier = Notifier.from_environment()
     tries = settings.reconnect
     reconnect = Reconnect((None if notifier.enabled else 5) if tries is None else (tries or None))
-    grabber = Grabber(spec, open_capture, reconnect=reconnect, loop=settings.loop, on_status=notifier.status,
-                      read_ahead=plan.read_ahead)
+    several = len(specs) > 1
+    arrived = threading.Event() if several else None
+    # Several sources: each file is read one frame ahead, so its next frame is there when the batch is made.
+    read_ahead = max(plan.read_ahead, 1) if several and settings.read_ahead is None else plan.read_ahead
+    lanes = [pipeline.Lane(Grabber(spec, open_capture, reconnect=reconnect, loop=settings.loop,
+                                   on_status=notifier.status, read_ahead=read_ahead, arrived=arrived),
+                           entry.name, entry.roi, settings.smooth) for entry, spec in zip(entries, specs)]
+    if times is not None:
+        lanes[0].times = times
     slot = _model_slot(settings, classifier, plan, model)
 
     def open_sinks() -> List:
-        sinks: List = [ConsoleSink(settings.json, settings.topk, every_result=False)]
-        if settings.output is not None:
-            sinks.append(LabelledVideo(settings.output, lambda: grabber.source_fps or spec.fps or 30.0))
-        if settings.display:
-            sinks.append(Window(settings.fullscreen, stop))
-        telemetry = Telemetry.open(settings.telemetry, spec.name, classifier, stop)
-        if telemetry is not None:
-            telemetry.watch(grabber)
-            sinks.append(telemetry)
-            if slot is not None:
-                slot.listeners.append(telemetry.model_changed)
-                if settings.mqtt_allow_model_updates and telemetry.publisher is not None:
-                    telemetry.publisher.listen(f"{telemetry.publisher.target.prefix}/{telemetry.publisher.name}/"
-                                               "model/set", slot.order)
-        live = LiveView.open(ServeOptions.from_args(settings), spec.name, classifier,
-                             telemetry.metrics if telemetry is not None else None)
-        if live is not None:
-            live.watch(grabber)
-            sinks.append(live)
-            if slot is not None:
-                slot.listeners.append(live.model_changed)
-        if settings.collect is not None:
-            sinks.append(Collector(settings.collect, settings.model))
-            if slot is not None:
-                slot.listeners.append(sinks[-1].model_changed)
-            if live is not None:
-                live.review_dir = settings.collect.dir  # the /review page
-        return sinks
+        return _stream_sinks(settings, classifier, lanes, outputs, stop, slot)
 
     if slot is None:
-        return pipeline.run(settings, classifier, grabber, open_sinks, stop=stop, notifier=notifier, times=times)
+        return pipeline.run(settings, classifier, lanes, open_sinks, stop=stop, notifier=notifier, arrived=arrived)
     from edge.model.swap import reload_on_sighup
 
     slot.start()
     try:
         with reload_on_sighup(slot):
-            return pipeline.run(settings, classifier, grabber, open_sinks, stop=stop, notifier=notifier,
-                                times=times, slot=slot)
+            return pipeline.run(settings, classifier, lanes, open_sinks, stop=stop, notifier=notifier, slot=slot,
+                                arrived=arrived)
     finally:
         slot.close()
+
+
+def _stream_sources(settings: Settings, classifier: Any) -> Tuple[List, List]:
+    """The sources as given (cameras, --source flags, the --sources file) and their parsed specs."""
+    from edge.sources.capture import SourceError, parse_source
+    from edge.sources.sourcelist import SourceListError, read_sources_file, source_entries
+
+    listed = read_sources_file(settings.sources) if settings.sources is not None else []
+    entries = source_entries(settings.camera, settings.source, listed, settings.roi)
+    specs = []
+    for entry in entries:
+        try:
+            specs.append(parse_source(camera=entry.camera, source=None if entry.camera is not None else entry.uri,
+                                      width=settings.width, height=settings.height, fps=settings.fps,
+                                      csi_resize=classifier.spec.resize_side if settings.csi_resize else None))
+        except SourceError as exc:
+            raise SourceListError(str(exc)) from None
+    return entries, specs
+
+
+def _video_outputs(output: Optional[Path], entries: Sequence, specs: Sequence) -> List[Optional[Path]]:
+    """``--output`` per source: the path itself for one; for several, PATH's stem plus each source's name
+    (``out.mp4`` -> ``out-door.mp4``), or files in a folder (``videos/`` -> ``videos/door.avi``)."""
+    from edge.sinks.files import check_not_an_input
+    from edge.sources.sourcelist import short_name, unique
+
+    if output is None:
+        return [None] * len(specs)
+    if len(specs) == 1:
+        paths = [output]
+    else:
+        names = unique([entry.name or short_name(spec.name) for entry, spec in zip(entries, specs)])
+        if output.suffix:
+            paths = [output.with_name(f"{output.stem}-{name}{output.suffix}") for name in names]
+        else:
+            paths = [output / f"{name}.avi" for name in names]
+    check_not_an_input(paths, [Path(str(spec.target)) for spec in specs if spec.kind == "file"])
+    return paths
+
+
+def _stream_sinks(settings: Settings, classifier: Any, lanes: List, outputs: List[Optional[Path]],
+                  stop: threading.Event, slot: Any) -> List:
+    """The shared sinks (console, telemetry, live view, --collect); each source's own (video, window) on its lane."""
+    from edge.collect.sampler import Collector
+    from edge.sinks.console import ConsoleSink
+    from edge.sinks.files import LabelledVideo
+    from edge.sinks.overlay import Window
+    from edge.sinks.telemetry import Telemetry
+    from edge.sinks.web import LiveView, ServeOptions
+
+    for lane, path in zip(lanes, outputs):
+        if path is not None:
+            lane.sinks.append(LabelledVideo(path, lambda g=lane.source: g.source_fps or g.spec.fps or 30.0))
+        if settings.display:
+            lane.sinks.append(Window(settings.fullscreen, stop, lane.name if len(lanes) > 1 else None))
+    sinks: List = [ConsoleSink(settings.json, settings.topk, every_result=False)]
+    first = lanes[0]  # the live view and telemetry take one source (settings refuse them with several)
+    telemetry = Telemetry.open(settings.telemetry, first.name, classifier, stop)
+    if telemetry is not None:
+        telemetry.watch(first.source)
+        sinks.append(telemetry)
+        if slot is not None:
+            slot.listeners.append(telemetry.model_changed)
+            if settings.mqtt_allow_model_updates and telemetry.publisher is not None:
+                telemetry.publisher.listen(f"{telemetry.publisher.target.prefix}/{telemetry.publisher.name}/"
+                                           "model/set", slot.order)
+    live = LiveView.open(ServeOptions.from_args(settings), first.name, classifier,
+                         telemetry.metrics if telemetry is not None else None)
+    if live is not None:
+        live.watch(first.source)
+        sinks.append(live)
+        if slot is not None:
+            slot.listeners.append(live.model_changed)
+    if settings.collect is not None:
+        sinks.append(Collector(settings.collect, settings.model))
+        if slot is not None:
+            slot.listeners.append(sinks[-1].model_changed)
+        if live is not None:
+            live.review_dir = settings.collect.dir  # the /review page
+    return sinks
 
 
 def _model_slot(settings: Settings, classifier: Any, plan: Concurrency, model: Optional[Path]) -> Any:
@@ -353,13 +418,15 @@ def _model_slot(settings: Settings, classifier: Any, plan: Concurrency, model: O
     return ModelSlot.from_environment(classifier, model, load, settings)
 
 
-def _stream_problem(settings: Settings, spec: Any, has_gui: Any) -> Optional[str]:
+def _stream_problem(settings: Settings, spec: Any) -> Optional[str]:
     """What cannot work with this source (found once it is known: a file or a live one)."""
+    from edge.sinks.overlay import opencv_has_gui
+
     if settings.loop and spec.live:
         return f"--loop replays a video file; {spec.name} is a live source"
     if settings.read_ahead is not None and spec.live:
         return f"--read-ahead applies to video files; {spec.name} is live (it keeps only the newest frame)"
-    if settings.display and not has_gui():
+    if settings.display and not opencv_has_gui():
         return ("--display: this OpenCV has no GUI support (opencv-python-headless): pip uninstall "
                 "opencv-python-headless, then pip install '.[desktop]' in the edge-classifier checkout; "
                 "or use --output FILE")

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -134,27 +134,84 @@ def image_record(source: str, prediction: Prediction) -> Dict:
     return record
 
 
+class RoiError(ClassifyError):
+    """A source's region of interest does not fit in its frames: that source ends (the others go on)."""
+
+
+class Lane:
+    """One source's part of the loop: its frames, smoothing, times and own sinks (a video, a window), how it ended.
+
+    ``name`` is how its results are named (``--json``'s ``source``); ``roi`` the part of its frames the model sees.
+    """
+
+    def __init__(self, source: Any, name: Optional[str] = None, roi: Optional[Tuple[int, int, int, int]] = None,
+                 smooth: int = 1, times: Optional[StageTimes] = None) -> None:
+        self.source = source
+        self.name = name or source.name
+        self.roi = roi
+        self.times = times or StageTimes()
+        self.smoother = Smoother(smooth)
+        self.sinks: List[Sink] = []
+        self.hung = False
+        self.ended = False  # its source finished, failed for good or hung: no more frames are asked of it
+        self.open_error: Optional[BaseException] = None  # it could not be opened (several sources: the others run)
+        self.roi_error: Optional[str] = None  # its frames are smaller than its region of interest: it ends
+
+    def active(self, limit: Optional[int]) -> bool:
+        return not self.ended and (limit is None or self.times.frames + self.times.failed < limit)
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """The part of ``image`` the model sees (``roi``); the whole frame without one."""
+        if self.roi is None:
+            return image
+        x, y, w, h = self.roi
+        height, width = image.shape[:2]
+        if x + w > width or y + h > height:
+            raise RoiError(f"{self.name}: roi {x},{y},{w},{h} does not fit in its {width}x{height} frames")
+        return image[y:y + h, x:x + w]
+
+    def problem(self, stopped: bool) -> Optional[Tuple[str, int]]:
+        """What went wrong with this source, as (one line, exit code), or None."""
+        if self.open_error is not None:
+            return one_line(self.open_error), getattr(self.open_error, "code", EXIT_USAGE)
+        if self.roi_error is not None:
+            return self.roi_error, EXIT_USAGE
+        if self.hung:
+            return (f"{self.name}: no frame and no error for {STALL_S:.0f} s: the camera or stream has hung; "
+                    "stopping, so that it starts afresh (systemd restarts the service)"), EXIT_FAILED
+        if self.source.error and not stopped:
+            return self.source.error, getattr(self.source, "error_code", EXIT_FAILED)
+        if self.times.failed and not self.times.frames:  # a model that never gives usable scores classified nothing
+            return f"{self.name}: none of its {self.times.failed} frames could be classified", EXIT_FAILED
+        return None
+
+
 def run(settings: Settings, classifier: Classifier, source: Any, open_sinks: Callable[[], List[Sink]],
         stop: Optional[threading.Event] = None, notifier: Optional[Notifier] = None,
-        times: Optional["StageTimes"] = None, slot: Optional[Any] = None) -> int:
+        times: Optional["StageTimes"] = None, slot: Optional[Any] = None, arrived: Optional[threading.Event] = None
+        ) -> int:
     """Classify every frame ``source`` gives until it ends or ``stop`` is set; edge-classify's exit code.
 
-    ``open_sinks`` is called once the source is open (a camera that is not there starts no MQTT
+    ``source``: one source, or a list of :class:`Lane` (several sources, whose buffers set ``arrived``).
+    ``open_sinks`` is called once the sources are open (a camera that is not there starts no MQTT
     client and no server). For a stream SIGINT and SIGTERM set ``stop``; a run of images keeps
     Python's Ctrl-C (exit 130) and the reader finishes its image first. ``times``: filled with the
-    run's per-stage times (benchmarks read them). ``slot``: an ``edge.model.swap.ModelSlot`` that may hand
-    the loop a new classifier between two frames (a reload while running).
+    run's per-stage times (benchmarks read them; one source). ``slot``: an ``edge.model.swap.ModelSlot`` that
+    may hand the loop a new classifier between two frames (a reload while running).
     """
     stop = stop or threading.Event()
     notifier = notifier or Notifier.from_environment()
-    loop = Loop(settings, classifier, source, stop, notifier, times or StageTimes())
+    lanes = list(source) if isinstance(source, (list, tuple)) else [Lane(source, smooth=settings.smooth, times=times)]
+    loop = Loop(settings, classifier, lanes, stop, notifier, arrived)
     loop.slot = slot
     with stop_on_signals(stop) if settings.streaming else contextlib.suppress():
         try:
-            if not open_first_or_stop(source, stop):
-                return EXIT_OK  # SIGTERM or Ctrl-C while the source was still opening
+            if not open_all_or_stop(lanes, stop):
+                return EXIT_OK  # SIGTERM or Ctrl-C while the sources were still opening
             loop.sinks = open_sinks()
-            source.start()
+            for lane in lanes:
+                if lane.open_error is None:
+                    lane.source.start()
             loop.run()
         except BrokenPipeError:  # stdout's reader went away (`| head`): edge.errors.run_guarded ends quietly
             raise
@@ -163,130 +220,214 @@ def run(settings: Settings, classifier: Classifier, source: Any, open_sinks: Cal
             return EXIT_USAGE
         finally:
             notifier.stopping()
-            source.close()
+            for lane in lanes:
+                lane.source.close()
             loop.close_sinks()
             notifier.close()
-    report(loop.times, source, loop.classifier, settings)
+    for lane in lanes:
+        report(lane, loop.classifier, settings)
     return loop.exit_code()
 
 
 class Loop:
-    """The per-frame steps: take a frame, classify it, hand the result to every sink, keep time."""
+    """The per-frame steps: take the newest frame of every source, classify them as one batch, hand each result
+    to every sink, keep time. One source is the same loop with a batch of one."""
 
-    def __init__(self, settings: Settings, classifier: Classifier, source: Any, stop: threading.Event,
-                 notifier: Notifier, times: StageTimes) -> None:
+    def __init__(self, settings: Settings, classifier: Classifier, lanes: List[Lane], stop: threading.Event,
+                 notifier: Notifier, arrived: Optional[threading.Event] = None) -> None:
         self.settings = settings
         self.classifier = classifier
-        self.source = source
+        self.lanes = lanes
         self.stop = stop
         self.notifier = notifier
-        self.sinks: List[Sink] = []
-        self.times = times
+        self.arrived = arrived or threading.Event()
+        self.sinks: List[Sink] = []  # every source's results (the console, --collect, MQTT, the live view)
         self.failed = 0  # inputs that could not be classified (images)
-        self.per_input = getattr(source, "items_are_inputs", False)  # an image list: a failure is that input's
-        self.hung = False
-        self._smooth = Smoother(settings.smooth)
-        self._progress = progress_bar(source)
+        self.per_input = getattr(lanes[0].source, "items_are_inputs", False)  # a failure is that input's
+        self.frames = 0  # classified, all sources
+        self._turn = 0  # the source first in line next time (so none starves when there are more than --max-batch)
+        self._progress = progress_bar(lanes[0].source) if len(lanes) == 1 else None
         self._next_stats = self._next_status = time.monotonic()
         self.slot: Optional[Any] = None  # edge.model.swap.ModelSlot: a model swapped in between frames
 
+    @property
+    def times(self) -> StageTimes:
+        """The first source's times (the only one's, in a run of one source)."""
+        return self.lanes[0].times
+
     def run(self) -> None:
-        limit = self.settings.max_frames
-        while not self.stop.is_set() and (limit is None or self.times.frames + self.times.failed < limit):
+        while not self.stop.is_set():
             self.adopt_model()
             waited = time.perf_counter()
-            frame = self.source.next(timeout=POLL_S)
-            if frame is None:
-                if self.source.finished or not self.idle():
+            picked = self.gather()
+            if picked is None:
+                break
+            if not picked:
+                if not self.idle():
                     break
                 continue
-            self.step(frame, (time.perf_counter() - waited) * 1e3)
+            self.step(picked, (time.perf_counter() - waited) * 1e3)
             if self._progress is not None:
-                self._progress.update()
-        self.times.finish()
+                self._progress.update(len(picked))
+        for lane in self.lanes:
+            lane.times.finish()
+
+    def gather(self) -> Optional[List[Tuple[Lane, Frame]]]:
+        """The newest frame of each source that has one (at most --max-batch, taking turns); [] when none has
+        one yet; None when no source is left."""
+        active = [lane for lane in self.lanes if lane.active(self.settings.max_frames)]
+        if not active:
+            return None
+        if len(active) == 1:
+            frame = active[0].source.next(timeout=POLL_S)
+            return [(active[0], frame)] if frame is not None else []
+        self.arrived.clear()
+        start, picked, looked = self._turn % len(active), [], 0
+        for lane in active[start:] + active[:start]:
+            if len(picked) >= self.settings.max_batch:
+                break
+            looked += 1
+            frame = lane.source.next(timeout=0)
+            if frame is not None:
+                picked.append((lane, frame))
+        self._turn = start + looked
+        if not picked:
+            self.arrived.wait(POLL_S)
+        return picked
 
     def adopt_model(self) -> None:
         """Between two frames: take the slot's new classifier, if one is ready (the old one is released)."""
         new = self.slot.adopt() if self.slot is not None else None
         if new is not None:
             self.classifier = new
-            self._smooth = Smoother(self.settings.smooth)  # the new model's classes may differ
+            for lane in self.lanes:  # the new model's classes may differ
+                lane.smoother = Smoother(self.settings.smooth)
 
     def idle(self) -> bool:
-        """No frame yet: ping the watchdog while the source makes progress; False once it has hung."""
-        if self.source.alive(STALL_S):  # reconnecting or waiting for a slow camera, not hung
-            if self.times.frames:  # never before the first frame: a camera that never delivers gets restarted
-                self.notifier.watchdog()
-            return True
-        self.hung = True
-        return False
+        """No frame from any source: end the sources that finished or hung; ping the watchdog while all that are
+        left make progress (reconnecting, a slow camera). False once no source is left."""
+        for lane in self.lanes:
+            if lane.ended:
+                continue
+            if lane.source.finished:
+                lane.ended = True
+            elif not lane.source.alive(STALL_S):
+                lane.hung = lane.ended = True
+                if len(self.lanes) > 1:
+                    print_error(f"edge-classify: {printable(lane.problem(False)[0])}")
+        if not any(lane.active(self.settings.max_frames) for lane in self.lanes):
+            return False
+        if len(self.lanes) == 1 and self.lanes[0].hung:
+            return False
+        if self.frames:  # never before the first frame: a camera that never delivers gets restarted
+            self.watchdog()
+        return True
 
-    def step(self, frame: Frame, wait_ms: float) -> None:
-        """One frame through the model and the sinks; a frame that cannot be classified is reported and skipped."""
-        name = frame.name or self.source.name
-        if frame.error:
-            self.fail(name, frame.error)
-            return
-        try:
-            prediction = self.classify(frame, wait_ms)
-            self.emit(name, frame, prediction)
-        except BrokenPipeError:
-            raise
-        except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:
-            if self.per_input:  # an image, or its labelled copy: that input fails
-                self.fail(name, one_line(exc, last=True))
-            elif isinstance(exc, ClassifyError):  # one bad frame of a stream (non-finite scores): logged, counted
-                self.times.failed += 1
-                log.warning("%s frame %d: %s", name, frame.number, exc)
+    def watchdog(self) -> None:
+        """systemd's WATCHDOG=1, only while no source has hung (a hung one needs a fresh process: systemd's)."""
+        if not any(lane.hung for lane in self.lanes):
+            self.notifier.watchdog()
+
+    def step(self, picked: List[Tuple[Lane, Frame]], wait_ms: float) -> None:
+        """The frames through the model and the sinks; a frame that cannot be classified is reported and skipped."""
+        ready = []
+        for lane, frame in picked:
+            if frame.error:
+                self.fail(frame.name or lane.name, frame.error)
             else:
+                ready.append((lane, frame))
+        for (lane, frame), outcome in zip(ready, self.infer(ready)):
+            name = frame.name or lane.name
+            try:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self.emit(lane, frame, self.finish(lane, frame, outcome, wait_ms))
+            except BrokenPipeError:
                 raise
+            except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:
+                if self.per_input:  # an image, or its labelled copy: that input fails
+                    self.fail(name, one_line(exc, last=True))
+                elif isinstance(exc, RoiError):
+                    lane.roi_error, lane.ended = str(exc), True
+                elif isinstance(exc, ClassifyError):  # one bad frame of a stream (non-finite scores): logged, counted
+                    lane.times.failed += 1
+                    log.warning("%s frame %d: %s", name, frame.number, exc)
+                else:
+                    raise
 
-    def classify(self, frame: Frame, wait_ms: float) -> Prediction:
-        if frame.batch is not None:
-            prediction = self.classifier.classify_prepared(frame.batch, frame.ms)
-        else:
-            prediction = self.classifier.classify(frame.image)
+    def infer(self, ready: List[Tuple[Lane, Frame]]) -> List[Any]:
+        """A prediction (or the exception it raised) per frame: several as one batch where the model takes one."""
+        if len(ready) > 1 and self.classifier.max_batch >= len(ready):
+            try:
+                return list(self.classifier.classify_many([lane.model_input(f.image) for lane, f in ready]))
+            except (EdgeError, ValueError, cv2.error, MemoryError):
+                pass  # one frame spoils the batch: each on its own below, so only that one fails
+        outcomes: List[Any] = []
+        for lane, frame in ready:
+            try:
+                if frame.batch is not None:
+                    outcomes.append(self.classifier.classify_prepared(frame.batch, frame.ms))
+                else:
+                    outcomes.append(self.classifier.classify(lane.model_input(frame.image)))
+            except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def finish(self, lane: Lane, frame: Frame, prediction: Prediction, wait_ms: float) -> Prediction:
+        """The source's smoothing and the threshold on a raw prediction; the wait and decode times added."""
         if self.settings.smooth > 1:
-            prediction = self.classifier.prediction_from_probabilities(self._smooth(prediction.probabilities),
+            prediction = self.classifier.prediction_from_probabilities(lane.smoother(prediction.probabilities),
                                                                        prediction.ms)
         prediction = with_threshold(prediction, self.settings.threshold)
         prediction.ms.update(wait=wait_ms, decode=frame.read_ms)
         return prediction
 
-    def emit(self, name: str, frame: Frame, prediction: Prediction) -> None:
+    def emit(self, lane: Lane, frame: Frame, prediction: Prediction) -> None:
         """Hand the result to every sink (the output stage), then count it and tell systemd."""
         started = time.perf_counter()
+        times = lane.times
         age_ms = (time.monotonic() - frame.captured) * 1e3
-        number = frame.number if self.per_input else self.times.frames
-        record = (frame_record(name, number, prediction, age_ms, self.source.dropped) if self.settings.streaming
+        name = frame.name or lane.name
+        number = frame.number if self.per_input else times.frames
+        record = (frame_record(name, number, prediction, age_ms, lane.source.dropped) if self.settings.streaming
                   else image_record(name, prediction))
-        result = Result(name, number, frame, prediction, record, self.times.fps(), age_ms, dict(prediction.ms),
+        result = Result(name, number, frame, prediction, record, times.fps(), age_ms, dict(prediction.ms),
                         show_fps=self.settings.streaming)
-        for sink in self.sinks:
+        for sink in self.sinks + lane.sinks:
             result.stages["output"] = (time.perf_counter() - started) * 1e3  # what the sinks before took
             sink.write(result)
-        stages = dict(prediction.ms, output=(time.perf_counter() - started) * 1e3)
-        self.times.add(stages, age_ms)
+        times.add(dict(prediction.ms, output=(time.perf_counter() - started) * 1e3), age_ms)
         if frame.image is not None:
-            self.times.last_image = frame.image
-        self.tell(prediction)
+            times.last_image = frame.image
+        self.frames += 1
+        self.tell(lane, prediction)
 
-    def tell(self, prediction: Prediction) -> None:
+    def tell(self, lane: Lane, prediction: Prediction) -> None:
         """systemd's READY (first frame), WATCHDOG and STATUS; the periodic stats line."""
-        times = self.times
-        if times.frames == 1:
-            self.notifier.ready(f"classifying {self.source.name}")
-        self.notifier.watchdog()
+        if self.frames == 1:
+            self.notifier.ready(f"classifying {', '.join(printable(l.name) for l in self.lanes)}")
+        self.watchdog()
         now = time.monotonic()
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S
-            rate = f" | {times.fps():.1f} fps" if times.frames > 1 else ""
-            self.notifier.status(f"{prediction.label} {percent(prediction.score, 0)}{rate} | {times.frames} frames | "
-                                 f"{self.source.dropped} dropped")
+            self.notifier.status(self.status_line(lane, prediction))
         if self.settings.stats_interval and now >= self._next_stats:
-            if times.frames > 1:
-                log.info("%s | dropped %d", times.summarize_window(), self.source.dropped)
+            for each in self.lanes:
+                if each.times.frames > 1:
+                    prefix = f"{printable(each.name)}: " if len(self.lanes) > 1 else ""
+                    log.info("%s%s | dropped %d", prefix, each.times.summarize_window(), each.source.dropped)
             self._next_stats = now + self.settings.stats_interval
+
+    def status_line(self, lane: Lane, prediction: Prediction) -> str:
+        """systemd's STATUS: the label, FPS and drops of the one source; with several, a count and each one's FPS."""
+        times = lane.times
+        if len(self.lanes) == 1:
+            rate = f" | {times.fps():.1f} fps" if times.frames > 1 else ""
+            return (f"{prediction.label} {percent(prediction.score, 0)}{rate} | {times.frames} frames | "
+                    f"{lane.source.dropped} dropped")
+        running = [l for l in self.lanes if not l.ended]
+        each = "; ".join(f"{printable(l.name)} {l.times.fps():.1f} fps" for l in running)
+        return f"{len(running)} of {len(self.lanes)} sources | {self.frames} frames | {each}"[:400]
 
     def fail(self, name: str, reason: str) -> None:
         self.failed += 1
@@ -297,7 +438,7 @@ class Loop:
         if self._progress is not None:
             self._progress.close()
         failure: Optional[BaseException] = None
-        for sink in self.sinks:
+        for sink in self.sinks + [s for lane in self.lanes for s in lane.sinks]:
             try:
                 sink.close()
             except Exception as exc:  # the others must still close
@@ -306,18 +447,19 @@ class Loop:
             raise failure
 
     def exit_code(self) -> int:
-        if self.hung:
-            print_error(f"edge-classify: {printable(self.source.name)}: no frame and no error for {STALL_S:.0f} s: "
-                        "the camera or stream has hung; stopping, so that it starts afresh (systemd restarts "
-                        "the service)")
-            return EXIT_FAILED
-        if self.source.error and not self.stop.is_set():
-            print_error(f"edge-classify: {printable(self.source.error)}")
-            return getattr(self.source, "error_code", EXIT_FAILED)
-        if self.times.failed and not self.times.frames:  # a model that never gives usable scores classified nothing
-            print_error(f"edge-classify: {printable(self.source.name)}: none of its {self.times.failed} frames could "
-                        "be classified")
-            return EXIT_FAILED
+        """0 all done; otherwise a line per source that failed (already said for a hung one among several), and
+        1, or 2 when no source could be used at all (none opened, none gave a frame)."""
+        problems = [(lane, lane.problem(self.stop.is_set())) for lane in self.lanes]
+        problems = [(lane, found) for lane, found in problems if found is not None]
+        for lane, (line, _code) in problems:
+            if not (lane.hung and len(self.lanes) > 1):
+                print_error(f"edge-classify: {printable(line)}")
+        if len(self.lanes) > 1 and problems:
+            print_error(f"edge-classify: {len(problems)} of {len(self.lanes)} sources failed "
+                        f"({', '.join(printable(lane.name) for lane, _ in problems)}); {self.frames} frames classified")
+        if problems:
+            codes = {code for _, (_line, code) in problems}
+            return EXIT_USAGE if codes == {EXIT_USAGE} and len(problems) == len(self.lanes) else EXIT_FAILED
         return EXIT_FAILED if self.failed else EXIT_OK
 
 
@@ -333,42 +475,53 @@ def progress_bar(source: Any) -> Any:
     return tqdm(total=count, unit="img", file=sys.stderr, leave=False)
 
 
-def open_first_or_stop(source: Any, stop: threading.Event) -> bool:
-    """Open the source on a helper thread, watching ``stop``: False if told to stop first.
+def open_all_or_stop(lanes: List[Lane], stop: threading.Event) -> bool:
+    """Open every source, each on a helper thread, watching ``stop``: False if told to stop first.
 
     Opening an unreachable stream blocks inside OpenCV for seconds (forever on some builds); SIGTERM
-    must still end the run within a second. A SourceError from the open is raised here.
+    must still end the run within a second. One source: its SourceError is raised here. Several: a source
+    that cannot be opened is left out (reported at the end) and the others run; if none opens, the first
+    error is raised.
     """
-    failure: List[BaseException] = []
+    failures: Dict[int, BaseException] = {}
 
-    def open_source() -> None:
+    def open_source(index: int, source: Any) -> None:
         try:
             source.open_first()
         except BaseException as exc:  # handed to the main thread, which reports it
-            failure.append(exc)
+            failures[index] = exc
 
-    opener = threading.Thread(target=open_source, name="edge-open", daemon=True)
-    opener.start()
-    while opener.is_alive():
+    openers = [threading.Thread(target=open_source, args=(i, lane.source), name="edge-open", daemon=True)
+               for i, lane in enumerate(lanes)]
+    for opener in openers:
+        opener.start()
+    while any(opener.is_alive() for opener in openers):
         if stop.wait(POLL_S):
             return False
-    if failure:
-        raise failure[0]
+    if len(failures) == len(lanes):
+        raise failures[min(failures)]
+    for index, exc in failures.items():
+        if not isinstance(exc, EdgeError):
+            raise exc
+        lanes[index].open_error = exc
+        lanes[index].ended = True
+        print_error(f"edge-classify: {printable(one_line(exc))}; the other sources go on")
     return True
 
 
-def report(times: StageTimes, source: Any, classifier: Classifier, settings: Settings) -> None:
-    """The end-of-run summary line; with ``--benchmark``, the per-stage table and the model's rate alone."""
+def report(lane: Lane, classifier: Classifier, settings: Settings) -> None:
+    """A source's end-of-run summary line; with ``--benchmark``, the per-stage table and the model's rate alone."""
+    times, source = lane.times, lane.source
     if times.frames:
         ages = np.percentile(times.history["age"], [50, 95])
         log.info("%s: %d frames at %.1f fps, frame age p50 %.0f ms p95 %.0f ms, %d dropped, %d reconnects%s",
-                 source.name, times.frames, times.fps(), ages[0], ages[1], source.dropped, source.reconnects,
+                 lane.name, times.frames, times.fps(), ages[0], ages[1], source.dropped, source.reconnects,
                  f", {times.failed} failed" if times.failed else "")
     if not settings.benchmark or not times.frames or times.last_image is None:
         return
     alone = classify_rate(classifier, times.last_image)
     out = sys.stderr if settings.json else sys.stdout
-    print(f"\n{printable(source.name)}: {times.frames} frames, {classifier.spec.arch} {classifier.spec.precision} "
+    print(f"\n{printable(lane.name)}: {times.frames} frames, {classifier.spec.arch} {classifier.spec.precision} "
           f"on {classifier.backend.provider}\n", file=out)
     print("\n".join(times.table()), file=out)
     print(f"\n| measure | value |\n|---|---:|\n| frames classified per second, whole loop | {times.fps():.1f} |\n"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+from edge.model.classify import MAX_BATCH
 from edge.model.swap import check_swap_settings
 from edge.collect.sampler import CollectOptions, check_collect_options
 from edge.sinks.telemetry import TelemetryOptions, check_telemetry_arguments
@@ -25,8 +26,11 @@ class Settings:
 
     model: Optional[Path] = None
     image: Optional[Tuple[str, ...]] = None  # --image: files, folders, globs
-    camera: Optional[int] = None
-    source: Optional[str] = None
+    camera: Tuple[int, ...] = ()  # --camera, repeatable
+    source: Tuple[str, ...] = ()  # --source, repeatable
+    sources: Optional[Path] = None  # --sources FILE
+    max_batch: int = 8
+    roi: Optional[Tuple[int, int, int, int]] = None
     labels: Optional[Path] = None
     topk: int = 1
     json: bool = False
@@ -60,10 +64,23 @@ class Settings:
     mqtt_allow_model_updates: bool = False
     collect: Optional[CollectOptions] = None  # --collect DIR and its samplers (edge.collect.sampler)
 
+    def __post_init__(self) -> None:
+        for name in ("camera", "source"):  # one value, or a repeated flag's list: a tuple either way
+            value = getattr(self, name)
+            if value is None or isinstance(value, (int, str)):
+                object.__setattr__(self, name, () if value is None else (value,))
+            else:
+                object.__setattr__(self, name, tuple(value))
+
     @property
     def streaming(self) -> bool:
         """A camera, video or stream (frames until stopped), not a list of images."""
         return self.image is None
+
+    @property
+    def several_sources(self) -> bool:
+        """More than one source on the command line, or a sources file (one loop for all of them)."""
+        return len(self.camera) + len(self.source) > 1 or self.sources is not None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -113,12 +130,33 @@ def _number_problem(s: Settings) -> Optional[str]:
 def _combination_problem(s: Settings) -> Optional[str]:
     if s.fullscreen and not s.display:
         return "--fullscreen goes with --display"
+    streams = bool(s.camera or s.source or s.sources)
+    if s.image is None and not streams:
+        return "say what to classify: --image PATH..., or --camera N, --source URI or --sources FILE"
+    if s.image is not None and streams:
+        return "--image classifies files; cameras, videos and streams (--camera, --source, --sources) run on their own"
     if s.image is None:
-        return None
+        return _sources_problem(s)
+    if s.roi is not None:
+        return "--roi is for cameras, videos and streams (--camera, --source), not --image"
     for flag, given in (("--display", s.display), ("--loop", s.loop), ("--smooth", s.smooth > 1),
                         ("--csi-resize", s.csi_resize), ("--reconnect", s.reconnect is not None)):
         if given:
             return f"{flag} is for cameras, videos and streams (--camera, --source), not --image"
+    return None
+
+
+def _sources_problem(s: Settings) -> Optional[str]:
+    """What several sources in one process cannot do (yet): the outputs that are one per process."""
+    if not s.several_sources:
+        return None
+    if not 1 <= s.max_batch <= MAX_BATCH:
+        return f"--max-batch must be 1 to {MAX_BATCH}, not {s.max_batch}"
+    for flag, given in (("--serve", s.serve), ("--mqtt or --metrics-port", s.telemetry),
+                        ("--csi-resize", s.csi_resize)):
+        if given:
+            return (f"{flag} takes one source for now; with several sources, run one edge-classify per source for "
+                    "it (docs/classify.md#several-sources)")
     return None
 
 

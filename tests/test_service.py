@@ -201,12 +201,16 @@ SOURCES = {
     "rtsp": ["--source", "rtsp://user:p%40ss@192.168.1.20:554/stream"],
     "home": ["--source", "/dev/video1"],  # with a model "under /home" (ProtectHome=read-only)
     "output": ["--source", "csi://1", "--output", "OUT"],  # the worst case: csi, /home and a writable folder
+    "sources": ["--sources", "LIST"],  # several sources in one unit: a CSI camera and a stream
 }
 
 
 @pytest.fixture(params=list(SOURCES))
 def unit_file(request, tmp_path, model_file, monkeypatch) -> Path:
-    flags = [str(tmp_path / "out" / "labelled.mp4") if f == "OUT" else f for f in SOURCES[request.param]]
+    listed = tmp_path / "sources.txt"
+    listed.write_text("door=csi://0\nyard=rtsp://192.168.1.21/stream roi=0,0,640,360\n")
+    flags = [str(tmp_path / "out" / "labelled.mp4") if f == "OUT" else str(listed) if f == "LIST" else f
+             for f in SOURCES[request.param]]
     if request.param in ("home", "output"):
         monkeypatch.setattr(edge.service.cli, "HOME_DIRS", (str(tmp_path),))
     assert install(tmp_path / "root", model_file, *flags, "--json") == 0
@@ -254,6 +258,30 @@ def test_unit_contents(tmp_path, model_file):
     assert keys(env, "EDGE_ARGS") == ['"--json --smooth 5"']
     env_file = tmp_path / "root/etc/default/edge-classify"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600  # a stream URL may carry a password
+
+
+def test_several_sources_are_one_unit_with_a_sources_file(tmp_path, model_file, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "shop.mp4").write_bytes(b"")
+    listed = tmp_path / "sources.txt"
+    listed.write_text(f"door=csi://0\nshop={videos / 'shop.mp4'}\n")
+    assert install(tmp_path / "root", model_file, "--sources", str(listed), "--max-batch", "4") == 0
+    unit, env = rendered(tmp_path / "root")
+    assert keys(unit, "ExecStart")[0].endswith("--model ${EDGE_MODEL} --sources ${EDGE_SOURCE} $EDGE_ARGS")
+    assert keys(env, "EDGE_SOURCE") == [str(listed)] and keys(env, "EDGE_ARGS") == ['"--max-batch 4"']
+    assert keys(unit, "Wants") == ["nvargus-daemon.service"]  # one of them is a CSI camera
+    listed.write_text(f"door=csi://0\nshop={videos / 'gone.mp4'}\n")
+    assert install(tmp_path / "root2", model_file, "--sources", str(listed)) == 2
+    assert capsys.readouterr().err.endswith("gone.mp4: no such video file\n")
+    assert install(tmp_path / "root3", model_file, "--source", "csi://0", "--source", "csi://1") == 2
+    assert "pass --sources FILE" in capsys.readouterr().err
+    listed.write_text("door=csi://0 roi=1,2\n")
+    assert install(tmp_path / "root4", model_file, "--sources", str(listed)) == 2
+    assert "sources.txt:1: roi" in capsys.readouterr().err
+    listed.write_text("door=csi://0\nyard=csi://1\n")
+    assert install(tmp_path / "root5", model_file, "--sources", str(listed), "--serve", "8080") == 2
+    assert "--serve takes one source for now" in capsys.readouterr().err
 
 
 def test_a_usb_camera_keeps_a_private_tmp_and_needs_no_argus(tmp_path, model_file):

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class TopK:
 
 
 SCORE_DECIMALS = 6  # of a probability in JSON
+MAX_BATCH = 64  # frames in one run of a model with a dynamic batch axis (--max-batch is checked against it)
 
 
 def cut(value: float, decimals: int, scale: int = 1) -> Decimal:
@@ -89,6 +90,9 @@ class Classifier:
         self.spec = spec
         self.topk = min(topk, spec.num_classes)
         self.preprocess = Preprocessor(spec)
+        # A graph with a dynamic batch axis takes several frames in one run (several sources); a fixed one, one.
+        first = (getattr(backend, "input_shape", None) or [None])[0]
+        self.max_batch = 1 if isinstance(first, int) else MAX_BATCH
 
     @classmethod
     def open(cls, model: Path, *, backend: str = "auto", device: str = "auto", labels: Optional[Path] = None,
@@ -154,6 +158,29 @@ class Classifier:
         prediction = self.prediction_from_logits(logits, ms)
         prediction.ms.update(infer=(inferred - started) * 1e3, topk=(time.perf_counter() - inferred) * 1e3)
         return prediction
+
+    def classify_many(self, frames_bgr: Sequence[np.ndarray]) -> List[Prediction]:
+        """Several frames (one per source) in one run of the model, at most ``max_batch``. Each prediction
+        carries its own preprocess and top-k times and the batch's infer time (what its frame waited for)."""
+        if not 0 < len(frames_bgr) <= self.max_batch:
+            raise ClassifyError(f"{len(frames_bgr)} frames in one batch; this model takes 1 to {self.max_batch}")
+        inputs, prepared_ms = [], []
+        for frame in frames_bgr:
+            started = time.perf_counter()
+            inputs.append(self.prepare(frame)[0])
+            prepared_ms.append((time.perf_counter() - started) * 1e3)
+        started = time.perf_counter()
+        logits = self.backend.run(np.stack(inputs))
+        infer_ms = (time.perf_counter() - started) * 1e3
+        if np.shape(logits) != (len(inputs), self.spec.num_classes):
+            raise ClassifyError(f"the model gives outputs of shape {list(np.shape(logits))} for {len(inputs)} images")
+        predictions = []
+        for row, preprocess_ms in zip(logits, prepared_ms):
+            started = time.perf_counter()
+            prediction = self.prediction_from_logits(row, {"preprocess": preprocess_ms, "infer": infer_ms})
+            prediction.ms["topk"] = (time.perf_counter() - started) * 1e3
+            predictions.append(prediction)
+        return predictions
 
     def prediction_from_logits(self, logits: np.ndarray, ms: Optional[Dict[str, float]] = None) -> Prediction:
         """Softmax and rank one frame's logits; ClassifyError if any is NaN or infinite."""

@@ -96,8 +96,9 @@ class ServiceConfig:
     user: str
     command: Tuple[str, ...]  # edge-classify, absolute: the script, or python -m edge.cli
     model: Path
-    source: str
+    source: str  # EDGE_SOURCE: the source, or the absolute path of a --sources file
     args: Tuple[str, ...]  # more edge-classify flags, for EDGE_ARGS
+    sources_file: bool = False  # EDGE_SOURCE names a file of sources (ExecStart= passes it as --sources)
     quoted_args: Tuple[str, ...] = ()  # path flags whose value has a space: quoted in ExecStart=
     protect_home: str = "yes"  # or "read-only"
     csi: bool = False
@@ -121,6 +122,8 @@ def render_unit(config: ServiceConfig) -> str:
         text = set_key(text, "PrivateTmp", "no")
     if config.network:
         text = uncomment(text, "Wants=network-online.target")
+    if config.sources_file:
+        text = text.replace(" --source ${EDGE_SOURCE} ", " --sources ${EDGE_SOURCE} ", 1)
     if config.quoted_args:
         text = text.replace(" $EDGE_ARGS\n", " $EDGE_ARGS " + " ".join(exec_quote(w) for w in config.quoted_args)
                             + "\n", 1)
@@ -193,40 +196,66 @@ def build_config(args: argparse.Namespace, extras: Sequence[str]) -> ServiceConf
     if not model.is_file():
         raise ServiceError(f"model file not found: {args.model}" if not model.exists()
                            else f"--model {args.model} is not a file", EXIT_USAGE)
-    source, video = service_source(args)
-    flags = edge_flags(model, source, extras)
+    source, listed, videos = service_sources(args)
+    flags = edge_flags(model, ("--sources" if listed else "--source", source), extras)
     spool_flags, mqtt_login = mqtt_settings(name, flags, extras)
     labels = flags.labels
     if labels is not None and not labels.expanduser().is_file():
         raise ServiceError(f"--labels {labels}: no such file", EXIT_USAGE)
     output = flags.output.expanduser().absolute() if flags.output is not None else None
-    writable = output_folder(name, output, flags.output, (model, video, labels))
+    writable = output_folder(name, output, flags.output, (model, labels, *videos))
     command = tuple(edge_classify_command())
     ca = Path(flags.mqtt_ca).expanduser().absolute() if flags.mqtt_ca else None
-    read = [model, labels, video, output, ca, *map(Path, command[:1]), Path(sys.prefix), Path(__file__).parent]
+    read = [model, labels, *videos, output, ca, *map(Path, command[:1]), Path(sys.prefix), Path(__file__).parent]
+    if listed:
+        read.append(Path(source))
     user = service_user(args.user, check_account=args.root is None)  # who runs it, before where its files are
     if args.root is None:  # the service is for this machine, a dry run's too: what only this machine can tell
         check_here(name, read, writable, flags.output)
     plain, quoted = split_spaced_paths(absolute_paths(extras))
+    uris = listed or [source]
     return ServiceConfig(name=name, user=user, command=command, model=model, source=source,
-                         args=tuple(plain) + tuple(spool_flags), quoted_args=tuple(quoted), csi=is_csi(source),
-                         network=is_network(source) or bool(flags.mqtt), writable=writable,
+                         args=tuple(plain) + tuple(spool_flags), quoted_args=tuple(quoted), sources_file=bool(listed),
+                         csi=any(map(is_csi, uris)), network=any(map(is_network, uris)) or bool(flags.mqtt),
+                         writable=writable,
                          mqtt_login=mqtt_login + serve_token(flags),
                          protect_home="read-only" if _needs_home(read, user) else "yes")
 
 
-def service_source(args: argparse.Namespace) -> Tuple[str, Optional[Path]]:
-    """``--source`` or ``--camera`` as EDGE_SOURCE, and the absolute path of a video file (else None)."""
-    if args.camera is None and args.source is None:
-        raise ServiceError("say what to classify: --source URI (csi://0, /dev/video0, a file, rtsp://...) "
-                           "or --camera N", EXIT_USAGE)
-    if args.camera is not None and args.camera < 0:
-        raise ServiceError(f"--camera takes a camera number (0 is /dev/video0), not {args.camera}", EXIT_USAGE)
-    source = str(args.camera) if args.camera is not None else args.source.strip()
+def service_sources(args: argparse.Namespace) -> Tuple[str, List[str], List[Path]]:
+    """EDGE_SOURCE (``--source``, ``--camera``, or the absolute path of a ``--sources`` file), the file's sources
+    (empty without one), and the absolute paths of the video files among them."""
+    if args.camera is None and args.source is None and args.sources is None:
+        raise ServiceError("say what to classify: --source URI (csi://0, /dev/video0, a file, rtsp://...), "
+                           "--camera N, or --sources FILE (several sources, one per line)", EXIT_USAGE)
+    given = (args.camera or []) + (args.source or [])
+    if len(given) > 1:
+        raise ServiceError("several sources in one service: write them in a file, one per line ([NAME=]URI), and "
+                           "pass --sources FILE", EXIT_USAGE)
+    camera = args.camera[0] if args.camera else None
+    if camera is not None and camera < 0:
+        raise ServiceError(f"--camera takes a camera number (0 is /dev/video0), not {camera}", EXIT_USAGE)
+    if args.sources is not None:
+        from edge.sources.sourcelist import SourceListError, read_sources_file
+
+        path = Path(args.sources).expanduser().absolute()
+        try:
+            listed = [entry.uri for entry in read_sources_file(path)]
+        except SourceListError as exc:
+            raise ServiceError(str(exc), EXIT_USAGE) from None
+        return str(path), listed, [_existing_video(uri) for uri in listed if local_file(uri) is not None]
+    source = str(camera) if camera is not None else args.source[0].strip()
+    if local_file(source) is None:
+        return source, [], []
+    video = _existing_video(source)
+    return str(video), [], [video]
+
+
+def _existing_video(source: str) -> Path:
     video = local_file(source)
-    if video is not None and not video.is_file():
+    if video is None or not video.is_file():
         raise ServiceError(f"--source {source}: no such video file", EXIT_USAGE)
-    return (source if video is None else str(video)), video
+    return video
 
 
 def output_folder(name: str, output: Optional[Path], given: Optional[Path],
@@ -269,7 +298,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.realpath(str(a)) == os.path.realpath(str(b))
 
 
-def edge_flags(model: Path, source: str, extras: Sequence[str]) -> argparse.Namespace:
+def edge_flags(model: Path, source: Tuple[str, str], extras: Sequence[str]) -> argparse.Namespace:
     """The flags the service will run edge-classify with, parsed by edge-classify's own parser."""
     from edge.cli import build_parser, check_values
 
@@ -289,7 +318,7 @@ def edge_flags(model: Path, source: str, extras: Sequence[str]) -> argparse.Name
 
     parser = build_parser()
     parser.error = refuse  # type: ignore[assignment]  # one line, no exit, no usage dump
-    flags = parser.parse_args(["--model", str(model), "--source", source, *extras])
+    flags = parser.parse_args(["--model", str(model), *source, *extras])  # source: ("--source", URI) or --sources
     problem = check_values(flags)  # a value edge-classify would refuse at every start
     if problem:
         refuse(problem)
@@ -709,13 +738,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "Any other edge-classify flag after these (--json, --topk K, --smooth N, --threshold P, "
                     "--width/--height/--fps, --output FILE, --labels FILE, --backend, --device, -v/-q, ...) is "
                     "passed to edge-classify through the environment file.",
-        usage="sudo edge-service install --model FILE (--source URI | --camera N) [--name NAME] [--user USER] "
-              "[--root DIR] [--dry-run] [edge-classify flags...]")
+        usage="sudo edge-service install --model FILE (--source URI | --camera N | --sources FILE) [--name NAME] "
+              "[--user USER] [--root DIR] [--dry-run] [edge-classify flags...]")
     install_parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx or .ts artifact to run")
     what = install_parser.add_mutually_exclusive_group()
-    what.add_argument("--source", metavar="URI",
+    what.add_argument("--source", metavar="URI", action="append",
                       help="csi://N, /dev/videoN, a video file, rtsp:// or http:// stream, or a GStreamer pipeline")
-    what.add_argument("--camera", type=int, metavar="N", help="a V4L2 camera index (/dev/videoN)")
+    what.add_argument("--camera", type=int, metavar="N", action="append", help="a V4L2 camera index (/dev/videoN)")
+    what.add_argument("--sources", metavar="FILE",
+                      help="several sources in one service, one per line: [NAME=]URI [roi=X,Y,W,H] (the file is "
+                           "read at every start)")
     _common(install_parser)
     install_parser.add_argument("--user", metavar="USER",
                                 help="the unprivileged account that runs it (default: the one that ran sudo)")

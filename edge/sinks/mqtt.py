@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import unquote, urlsplit
 
 from edge.sinks.spool import Message, Spool
+from edge.sources.sourcelist import short_name as topic_name  # noqa: F401 (the topic level of a source)
 
 log = logging.getLogger(__name__)
 
@@ -100,21 +101,6 @@ def parse_url(url: str) -> Target:
     if any(c in prefix for c in "+#\0"):
         raise PublisherError(f"--mqtt {url}: a topic prefix cannot hold + # or NUL")
     return Target(parts.hostname, port, prefix, SCHEMES[scheme][1], f"{scheme}://{parts.hostname}:{port}/{prefix}")
-
-
-def topic_name(source: str) -> str:
-    """A topic level for a source: ``csi://0`` -> ``csi0``, ``/videos/door.avi`` -> ``door``, a stream -> its host."""
-    text = source.strip()
-    if "!" in text:  # a GStreamer pipeline
-        return "pipeline"
-    if "://" in text:
-        parts = urlsplit(text)
-        text = (parts.hostname or "") + parts.path if parts.scheme not in ("csi", "file") else parts.scheme + \
-            parts.netloc + parts.path
-    else:
-        text = Path(text).stem if not text.isdigit() else "camera" + text
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-.")
-    return cleaned or "source"
 
 
 class Stats:

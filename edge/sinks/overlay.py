@@ -39,26 +39,27 @@ def draw_label(frame_bgr: np.ndarray, prediction: Prediction, fps: Optional[floa
 class Window:
     """Shows each frame with its label (``--display``); q, Esc or closing the window stops the run."""
 
-    def __init__(self, fullscreen: bool, stop: threading.Event) -> None:
+    def __init__(self, fullscreen: bool, stop: threading.Event, source: Optional[str] = None) -> None:
         self.fullscreen = fullscreen
         self.stop = stop
+        self.title = WINDOW if source is None else f"{WINDOW}: {source}"  # a window per source when several
         self._open = False
 
     def write(self, result: Result) -> None:
         overlay = result.overlay()
         if not self._open:
-            open_window(overlay.shape[1], overlay.shape[0], self.fullscreen)
+            open_window(overlay.shape[1], overlay.shape[0], self.fullscreen, self.title)
             self._open = True
-        cv2.imshow(WINDOW, overlay)
+        cv2.imshow(self.title, overlay)
         key = cv2.waitKey(1) & 0xFF
-        if key in (ord("q"), 27) or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+        if key in (ord("q"), 27) or cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
             self.stop.set()
 
     def close(self) -> None:
         cv2.destroyAllWindows()
 
 
-def open_window(width: int, height: int, fullscreen: bool) -> None:
+def open_window(width: int, height: int, fullscreen: bool, title: str = WINDOW) -> None:
     """The display window, opened on the first frame: at the frame's size, or filling the screen.
 
     A resizable window (WINDOW_NORMAL) opens at the GUI's default size (400x300) and shrinks the picture
@@ -67,10 +68,10 @@ def open_window(width: int, height: int, fullscreen: bool) -> None:
     manager that ignores it still shows the frame at its size.
     """
     flags = cv2.WINDOW_NORMAL | getattr(cv2, "WINDOW_KEEPRATIO", 0) | getattr(cv2, "WINDOW_GUI_NORMAL", 0)
-    cv2.namedWindow(WINDOW, flags)
-    cv2.resizeWindow(WINDOW, int(width), int(height))
+    cv2.namedWindow(title, flags)
+    cv2.resizeWindow(title, int(width), int(height))
     if fullscreen:
-        cv2.setWindowProperty(WINDOW, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
+        cv2.setWindowProperty(title, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
 
 
 def opencv_has_gui() -> bool:

@@ -363,13 +363,14 @@ class Grabber:
 
     def __init__(self, spec: SourceSpec, opener: Callable[[SourceSpec], "cv2.VideoCapture"], *,
                  reconnect: Reconnect = Reconnect(), loop: bool = False,
-                 on_status: Callable[[str], None] = lambda text: None, read_ahead: int = 0) -> None:
+                 on_status: Callable[[str], None] = lambda text: None, read_ahead: int = 0,
+                 arrived: Optional[threading.Event] = None) -> None:
         self.spec = spec
         self._open = opener
         self.reconnect = reconnect
         self.loop = loop
         self._on_status = on_status
-        self._buffer = FrameBuffer(latest_only=spec.live, read_ahead=read_ahead)
+        self._buffer = FrameBuffer(latest_only=spec.live, read_ahead=read_ahead, arrived=arrived)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-grabber", daemon=True)
         self._capture = None

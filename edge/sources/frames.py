@@ -9,7 +9,8 @@ and the frames it overwrites are counted in ``dropped``. An ordered source (a vi
 images) is a bounded FIFO: ``read_ahead`` frames are read ahead of the loop; with 0 a frame is read
 only once the loop asks for one (the least lag and memory, no overlap). Cameras, files, streams and
 image lists all reach the loop through this one queue (``edge.sources.capture.Grabber``,
-``edge.sources.images.ImageSource``).
+``edge.sources.images.ImageSource``). With several sources the loop polls each buffer and, when none has a
+frame, waits on the one ``arrived`` event they share.
 """
 
 import threading
@@ -43,7 +44,7 @@ class Frame:
 class FrameBuffer:
     """Frames from a reader thread to the loop: newest-only (live) or a bounded FIFO (files, image lists)."""
 
-    def __init__(self, latest_only: bool, read_ahead: int = 1) -> None:
+    def __init__(self, latest_only: bool, read_ahead: int = 1, arrived: Optional[threading.Event] = None) -> None:
         if read_ahead < 0:
             raise ValueError(f"--read-ahead must be 0 or more, not {read_ahead}")
         self.latest_only = latest_only
@@ -52,6 +53,7 @@ class FrameBuffer:
         self._cond = threading.Condition()
         self._closed = False
         self._waiting = 0  # consumers blocked in get(): with read-ahead 0, what lets the reader read
+        self._arrived = arrived  # set on every frame and at the end: a loop watching several buffers waits on it
         self.dropped = 0
 
     def wait_for_room(self, stop: threading.Event) -> None:
@@ -77,6 +79,8 @@ class FrameBuffer:
                     self._cond.wait(0.1)
             self._frames.append(frame)
             self._cond.notify_all()
+        if self._arrived is not None:
+            self._arrived.set()
 
     def get(self, timeout: float) -> Optional[Frame]:
         """The next frame, or None after ``timeout`` seconds or once closed and empty."""
@@ -98,6 +102,8 @@ class FrameBuffer:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self._arrived is not None:
+            self._arrived.set()
 
     @property
     def closed(self) -> bool:

@@ -39,6 +39,22 @@ def test_clip_gives_the_hosts_answers_frame_by_frame(stem, bundle):
     same_answers(results, bundle.expected[stem]["stream"], score_tolerance=tolerance(stem))
 
 
+@pytest.mark.parametrize("stem", ["fp32_uint8", "fp16_float"])
+def test_two_sources_in_one_process_each_give_the_hosts_answers(stem, bundle, tmp_path):
+    """Two sources at once (one batch of two per step), named in a sources file: each gives, frame by frame,
+    what the clip gives alone on the host."""
+    listed = tmp_path / "sources.txt"
+    listed.write_text("left={0}\nright={0}\n".format(bundle.clip), encoding="utf-8")
+    done = run("edge-classify", "--model", bundle.models[stem], "--sources", listed, "--max-frames", 30, "--json")
+    assert done.code == 0, done.err
+    results = done.json_lines()
+    for name in ("left", "right"):
+        mine = [r for r in results if r["source"] == name]
+        expected = bundle.expected[stem]["stream"]
+        assert [(r["frame"], r["label"]) for r in mine] == [(r["frame"], r["label"]) for r in expected]
+        assert all(abs(a["score"] - b["score"]) <= tolerance(stem) for a, b in zip(mine, expected))
+
+
 def test_human_output_names_each_photo(bundle):
     done = run("edge-classify", "--model", bundle.models["fp16_uint8"], "--image", bundle.photos / "chelsea.jpg",
                "--topk", 2)
