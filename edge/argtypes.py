@@ -4,10 +4,12 @@ Standard library only (edge-classify on the device and edge-export/edge-train on
 
     parser.add_argument("--epochs", type=positive_int)
     parser.add_argument("--threshold", type=probability)
+    parser.add_argument("--roi", type=roi)                       # "320,0,640,720" -> (320, 0, 640, 720)
 """
 
 import argparse
 import math
+from typing import Tuple
 
 
 def positive_int(text: str) -> int:
@@ -51,3 +53,18 @@ def probability(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, not {text}")
     return value
+
+
+def roi(text: str) -> Tuple[int, int, int, int]:
+    """A region of interest ``x,y,w,h`` in the frame's pixels: x and y 0 or more, w and h at least 1.
+
+    Whether it fits inside the frame is known only once a frame comes (``edge.model.preprocess.apply_roi``).
+    """
+    parts = text.split(",")
+    try:
+        x, y, w, h = (int(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be x,y,w,h (four whole numbers of pixels), not {text!r}") from None
+    if min(x, y) < 0 or min(w, h) < 1:
+        raise argparse.ArgumentTypeError(f"x and y must be 0 or more, w and h at least 1, not {text}")
+    return x, y, w, h

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+from edge.contract import CROP_MODES, DEFAULT_CROP
 from edge.model.swap import check_swap_settings
 from edge.sinks.collect import CollectOptions, check_collect_options
 from edge.sinks.telemetry import TelemetryOptions, check_telemetry_arguments
@@ -43,6 +44,8 @@ class Settings:
     max_frames: Optional[int] = None
     smooth: int = 1
     threshold: float = 0.0
+    crop: str = DEFAULT_CROP  # how a frame becomes the model's square: a setting of the run, not of the model
+    roi: Optional[Tuple[int, int, int, int]] = None  # x, y, w, h: the part of the frame the model sees
     width: Optional[int] = None
     height: Optional[int] = None
     fps: Optional[float] = None
@@ -99,6 +102,7 @@ def _number_problem(s: Settings) -> Optional[str]:
         (s.max_frames is not None and s.max_frames < 1, f"--max-frames must be at least 1, not {s.max_frames}"),
         (s.read_ahead is not None and s.read_ahead < 0, f"--read-ahead must be 0 or more, not {s.read_ahead}"),
         (s.threads is not None and s.threads < 1, f"--threads must be at least 1, not {s.threads}"),
+        (s.crop not in CROP_MODES, f"--crop must be one of {', '.join(CROP_MODES)}, not {s.crop}"),
     )
     for bad, message in checks:
         if bad:
