@@ -4,6 +4,7 @@ Standard library only (edge-classify on the device and edge-export/edge-train on
 
     parser.add_argument("--epochs", type=positive_int)
     parser.add_argument("--threshold", type=probability)
+    parser.add_argument("--roi", type=roi)                       # "320,0,640,720" -> (320, 0, 640, 720)
 """
 
 import argparse

@@ -23,6 +23,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from edge import __version__
 from edge.argtypes import positive_int, roi
+from edge.contract import CROP_MODES, DEFAULT_CROP
 from edge.errors import EXIT_USAGE, add_version, parse_arguments, print_error, run_guarded, use_own_stderr
 from edge.model.swap import add_model_swap_arguments
 from edge.settings import Settings, check_settings, settings_from_args
@@ -96,6 +97,10 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
                        help="average the probabilities of the last N frames (default 1: none)")
     group.add_argument("--threshold", type=float, default=0.0, metavar="P",
                        help="say 'unknown' when the best probability is below P (default 0)")
+    group.add_argument("--crop", choices=CROP_MODES, default=DEFAULT_CROP,
+                       help="how a frame becomes the model's square: center (default: torchvision's, a 16:9 frame "
+                            "keeps its middle 49%%), full (all of it, squeezed) or letterbox (all of it, smaller, "
+                            "mean-colour borders); see docs/classify.md")
     group.add_argument("--width", type=int, metavar="W", help="ask the camera for frames W pixels wide")
     group.add_argument("--height", type=int, metavar="H", help="ask the camera for frames H pixels high")
     group.add_argument("--fps", type=float, metavar="F", help="ask the camera for F frames per second")
@@ -237,7 +242,8 @@ def _open_model(settings: Settings, model: Path, plan: Concurrency) -> Any:
     from edge.model.classify import Classifier
 
     classifier = Classifier.open(model, backend=settings.backend, device=settings.device, labels=settings.labels,
-                                 topk=settings.topk, threads=settings.threads, spare_cores=plan.spare_cores)
+                                 topk=settings.topk, threads=settings.threads, spare_cores=plan.spare_cores,
+                                 crop=settings.crop)
     spec, provider = classifier.spec, classifier.backend.provider
     log.info("%s: %s, %d classes, input %s %dpx (resize %d), %s, on %s", model, spec.arch, spec.num_classes,
              spec.input_kind, spec.input_side, spec.resize_side, spec.precision, provider)
@@ -413,7 +419,8 @@ def _model_slot(settings: Settings, classifier: Any, plan: Concurrency, model: O
 
     def load(path: Path) -> Any:
         return Classifier.open(path, backend=settings.backend, device=settings.device, labels=settings.labels,
-                               topk=settings.topk, threads=settings.threads, spare_cores=plan.spare_cores)
+                               topk=settings.topk, threads=settings.threads, spare_cores=plan.spare_cores,
+                               crop=settings.crop)
 
     return ModelSlot.from_environment(classifier, model, load, settings)
 

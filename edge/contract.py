@@ -262,6 +262,13 @@ def source_scheme(text: str) -> str:
     return text.split("://", 1)[0].lower() if "://" in text else ""
 
 
+# How a frame becomes the model's square (edge-classify --crop): a setting of the run, never an artifact key.
+# center: Resize(resize_side) + CenterCrop(input_side), torchvision's eval transform (the default); full: the
+# whole frame squeezed to the square; letterbox: the whole frame fitted inside it, the rest the mean colour.
+CROP_MODES = ("center", "full", "letterbox")
+DEFAULT_CROP = "center"
+
+
 def resized_size(height: int, width: int, resize: int) -> Tuple[int, int]:
     """torchvision ``Resize(int)``: the shorter side becomes ``resize``, the longer keeps the aspect ratio.
 

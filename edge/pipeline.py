@@ -31,6 +31,7 @@ import numpy as np
 
 from edge.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, EdgeError, one_line, print_error
 from edge.model.classify import Classifier, ClassifyError, Prediction, with_threshold
+from edge.model.preprocess import RoiError
 from edge.service.notify import Notifier
 from edge.settings import Settings
 from edge.sinks import Result, Sink
@@ -134,10 +135,6 @@ def image_record(source: str, prediction: Prediction) -> Dict:
     return record
 
 
-class RoiError(ClassifyError):
-    """A source's region of interest does not fit in its frames: that source ends (the others go on)."""
-
-
 class Lane:
     """One source's part of the loop: its frames, smoothing, times and own sinks (a video, a window), how it ended.
 
@@ -159,16 +156,6 @@ class Lane:
 
     def active(self, limit: Optional[int]) -> bool:
         return not self.ended and (limit is None or self.times.frames + self.times.failed < limit)
-
-    def model_input(self, image: np.ndarray) -> np.ndarray:
-        """The part of ``image`` the model sees (``roi``); the whole frame without one."""
-        if self.roi is None:
-            return image
-        x, y, w, h = self.roi
-        height, width = image.shape[:2]
-        if x + w > width or y + h > height:
-            raise RoiError(f"{self.name}: roi {x},{y},{w},{h} does not fit in its {width}x{height} frames")
-        return image[y:y + h, x:x + w]
 
     def problem(self, stopped: bool) -> Optional[Tuple[str, int]]:
         """What went wrong with this source, as (one line, exit code), or None."""
@@ -347,8 +334,8 @@ class Loop:
             except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:
                 if self.per_input:  # an image, or its labelled copy: that input fails
                     self.fail(name, one_line(exc, last=True))
-                elif isinstance(exc, RoiError):
-                    lane.roi_error, lane.ended = str(exc), True
+                elif isinstance(exc, RoiError):  # its frames are smaller than its region: that source ends
+                    lane.roi_error, lane.ended = f"{lane.name}: {exc}", True
                 elif isinstance(exc, ClassifyError):  # one bad frame of a stream (non-finite scores): logged, counted
                     lane.times.failed += 1
                     log.warning("%s frame %d: %s", name, frame.number, exc)
@@ -359,7 +346,7 @@ class Loop:
         """A prediction (or the exception it raised) per frame: several as one batch where the model takes one."""
         if len(ready) > 1 and self.classifier.max_batch >= len(ready):
             try:
-                return list(self.classifier.classify_many([lane.model_input(f.image) for lane, f in ready]))
+                return list(self.classifier.classify_many([f.image for _, f in ready], [lane.roi for lane, _ in ready]))
             except (EdgeError, ValueError, cv2.error, MemoryError):
                 pass  # one frame spoils the batch: each on its own below, so only that one fails
         outcomes: List[Any] = []
@@ -368,7 +355,7 @@ class Loop:
                 if frame.batch is not None:
                     outcomes.append(self.classifier.classify_prepared(frame.batch, frame.ms))
                 else:
-                    outcomes.append(self.classifier.classify(lane.model_input(frame.image)))
+                    outcomes.append(self.classifier.classify(frame.image, lane.roi))
             except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:
                 outcomes.append(exc)
         return outcomes

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+from edge.contract import CROP_MODES, DEFAULT_CROP
 from edge.model.classify import MAX_BATCH
 from edge.model.swap import check_swap_settings
 from edge.collect.sampler import CollectOptions, check_collect_options
@@ -30,7 +31,6 @@ class Settings:
     source: Tuple[str, ...] = ()  # --source, repeatable
     sources: Optional[Path] = None  # --sources FILE
     max_batch: int = 8
-    roi: Optional[Tuple[int, int, int, int]] = None
     labels: Optional[Path] = None
     topk: int = 1
     json: bool = False
@@ -47,6 +47,8 @@ class Settings:
     max_frames: Optional[int] = None
     smooth: int = 1
     threshold: float = 0.0
+    crop: str = DEFAULT_CROP  # how a frame becomes the model's square: a setting of the run, not of the model
+    roi: Optional[Tuple[int, int, int, int]] = None  # x, y, w, h: the part of the frame the model sees
     width: Optional[int] = None
     height: Optional[int] = None
     fps: Optional[float] = None
@@ -116,6 +118,7 @@ def _number_problem(s: Settings) -> Optional[str]:
         (s.max_frames is not None and s.max_frames < 1, f"--max-frames must be at least 1, not {s.max_frames}"),
         (s.read_ahead is not None and s.read_ahead < 0, f"--read-ahead must be 0 or more, not {s.read_ahead}"),
         (s.threads is not None and s.threads < 1, f"--threads must be at least 1, not {s.threads}"),
+        (s.crop not in CROP_MODES, f"--crop must be one of {', '.join(CROP_MODES)}, not {s.crop}"),
     )
     for bad, message in checks:
         if bad:
@@ -135,6 +138,8 @@ def _combination_problem(s: Settings) -> Optional[str]:
         return "say what to classify: --image PATH..., or --camera N, --source URI or --sources FILE"
     if s.image is not None and streams:
         return "--image classifies files; cameras, videos and streams (--camera, --source, --sources) run on their own"
+    if s.image is None and s.roi is not None and s.csi_resize:
+        return "--roi is in the camera's pixels; with --csi-resize the frames arrive scaled: use one or the other"
     if s.image is None:
         return _sources_problem(s)
     if s.roi is not None:

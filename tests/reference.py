@@ -36,6 +36,31 @@ def seed_crop(rgb: np.ndarray, resize: int = 256, side: int = 224) -> np.ndarray
     return np.asarray(crop, dtype=np.uint8)
 
 
+def crop_reference(rgb: np.ndarray, crop: str, resize: int = 256, side: int = 224, fill=(0, 0, 0)) -> np.ndarray:
+    """torchvision's version of each ``--crop`` mode, uint8 RGB [side, side, 3].
+
+    center: ``Resize(resize)`` + ``CenterCrop(side)``; full: ``Resize((side, side))``; letterbox:
+    ``Resize((h, w))`` with the longer side ``side`` (the shorter truncated, as torchvision's sizes are),
+    then ``Pad`` with ``fill`` to the square, split as ``CenterCrop`` splits its own padding.
+    """
+    import torchvision.transforms as T
+    from PIL import Image
+
+    if crop == "center":
+        return seed_crop(rgb, resize, side)
+    height, width = rgb.shape[:2]
+    if crop == "full":
+        size = (side, side)
+    elif width >= height:
+        size = (max(int(side * height / width), 1), side)
+    else:
+        size = (side, max(int(side * width / height), 1))
+    top, left = (side - size[0]) // 2, (side - size[1]) // 2
+    padding = [left, top, side - size[1] - left, side - size[0] - top]
+    picture = T.Compose([T.Resize(size), T.Pad(padding, fill=tuple(fill))])(Image.fromarray(rgb))
+    return np.asarray(picture, dtype=np.uint8)
+
+
 def seed_input(bgr: np.ndarray, transform: Callable):
     """One BGR frame -> the seed's batch of one (the RGB conversion is the seed's, PIL's view of the frame)."""
     from PIL import Image

@@ -6,16 +6,24 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from reference import seed_crop, seed_transform
+from cli_checks import usage_error
+from reference import crop_reference, seed_crop, seed_transform
 
+from edge.errors import EdgeError
 from edge.model.artifact import ModelSpec
-from edge.model.preprocess import Preprocessor, crop_plan, prefilter_kernel, reduction_block, resize_and_crop, resized_size
+from edge.model.classify import Classifier, ClassifyError
+from edge.model.preprocess import (Preprocessor, RoiError, apply_roi, crop_plan, mean_colour, prefilter_kernel,
+                                   reduction_block, resize_and_crop, resized_size)
 
 # Bounds measured on these photos (max / mean |difference| in grey levels, share of values off by more than 2).
 # Plain cv2.resize INTER_LINEAR + crop is off by up to ~150 levels on the same photos.
 MAX_DIFF, MEAN_DIFF, SHARE_OFF_BY_3 = 17, 0.65, 0.03
 # HD and 4K frames (block-averaged first, then the fitted filter): the issue's bound on the mean.
 HD_MAX_DIFF, HD_MEAN_DIFF = 20, 0.5
+# --crop full and letterbox against their torchvision references (tests/reference.py: crop_reference), on the
+# photos at their own size, 1280x720 and 4K: measured at most 16 levels and 0.37 mean (benchmarks/bench_crop.py).
+CROP_MAX_DIFF, CROP_MEAN_DIFF = 20, 0.5
+IMAGENET_FILL = (124, 116, 104)  # the ImageNet mean x 255, rounded: letterbox's borders for a uint8-input model
 
 
 torchvision_crop = seed_crop
@@ -135,3 +143,134 @@ def test_float_input_is_torchvision_to_tensor_and_normalize(photos):
     # One grey level is 1/(255*0.225) ~ 0.017 after normalisation; the mean stays within a fraction of one.
     diff = np.abs(ours - reference.numpy())
     assert diff.mean() < 0.65 * 0.0175 and isinstance(reference, torch.Tensor)
+
+
+def bgr(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
+@pytest.mark.parametrize("crop", ["full", "letterbox"])
+@pytest.mark.parametrize("name,size", [(n, "own") for n in ("astronaut", "chelsea", "coffee", "rocket", "camera",
+                                                              "hubble_deep_field", "frame640")]
+                         + [(n, "1280x720") for n in ("astronaut", "coffee", "frame640")]
+                         + [(n, "3840x2160") for n in ("coffee", "hubble_deep_field")] + [("rocket", "720x1280")])
+def test_full_and_letterbox_match_torchvision(crop, name, size, photos):
+    """The whole frame squeezed (``Resize((224, 224))``) or fitted (``Resize`` to 224 on the longer side, padded);
+    at the photo's own size, or scaled to a camera's (portrait too)."""
+    rgb = photos[name] if size == "own" else upscaled(photos[name], *map(int, size.split("x")))
+    ours = resize_and_crop(bgr(rgb), 256, 224, crop, IMAGENET_FILL)
+    assert ours.shape == (224, 224, 3) and ours.dtype == np.uint8
+    worst, mean, _ = diff_stats(ours, crop_reference(rgb, crop, fill=IMAGENET_FILL))
+    assert worst <= CROP_MAX_DIFF and mean <= CROP_MEAN_DIFF, (worst, mean)
+
+
+def test_center_is_the_default_and_only_the_other_modes_read_the_whole_frame(photos):
+    frame = bgr(upscaled(photos["coffee"], 1280, 720))
+    spec = ModelSpec(labels=("a",), input_side=224, resize_side=256)
+    np.testing.assert_array_equal(Preprocessor(spec)(frame), Preprocessor(spec, "center")(frame))
+    assert Preprocessor(spec).crop == "center"
+    y0, y1, x0, x1 = crop_plan(720, 1280, 256, 224).region
+    assert x1 - x0 < 1280 * 224 / 455 + 20  # center: the middle 224 of 455 resized columns
+    for crop in ("full", "letterbox"):
+        assert crop_plan(720, 1280, 256, 224, crop).region == (0, 720, 0, 1280)
+    with pytest.raises(ValueError, match="unknown crop mode 'wide'"):
+        Preprocessor(spec, "wide")
+
+
+@pytest.mark.parametrize("size,picture,offset", [((1280, 720), (126, 224), (49, 0)), ((720, 1280), (224, 126), (0, 49)),
+                                                 ((1000, 560), (125, 224), (49, 0)), ((640, 480), (168, 224), (28, 0))])
+def test_letterbox_centres_the_picture_on_the_mean_colour(size, picture, offset, photos):
+    """uint8 models: borders are the mean x 255 rounded; float models: exactly 0 after normalising."""
+    width, height = size
+    frame = bgr(upscaled(photos["astronaut"], width, height))
+    plan = crop_plan(height, width, 256, 224, "letterbox")
+    assert plan.size == picture and plan.offset == offset
+    top, left = offset
+    inside = np.zeros((224, 224), bool)
+    inside[top:top + picture[0], left:left + picture[1]] = True
+    uint8 = Preprocessor(ModelSpec(labels=("a",), input_side=224, resize_side=256), "letterbox")(frame)
+    assert mean_colour(ModelSpec(labels=("a",), input_side=224, resize_side=256).mean) == IMAGENET_FILL
+    assert (uint8[~inside] == IMAGENET_FILL).all() and uint8[inside].std() > 20
+    spec = ModelSpec(labels=("a",), input_side=224, resize_side=256, input_kind="float")
+    floats = Preprocessor(spec, "letterbox")(frame)
+    assert floats.shape == (3, 224, 224) and floats.flags.c_contiguous
+    assert (floats[:, ~inside] == 0.0).all() and floats[:, inside].std() > 0.3
+
+
+def test_roi_is_a_view_of_the_frame():
+    frame = np.arange(480 * 640 * 3, dtype=np.uint32).reshape(480, 640, 3).astype(np.uint8)
+    region = apply_roi(frame, (600, 10, 40, 100))
+    assert region.shape == (100, 40, 3) and np.shares_memory(region, frame)
+    np.testing.assert_array_equal(region, frame[10:110, 600:640])
+    assert apply_roi(frame, None) is frame and apply_roi(frame, (0, 0, 640, 480)).shape == frame.shape
+
+
+@pytest.mark.parametrize("roi,message", [
+    ((600, 0, 100, 100), "--roi 600,0,100,100 is outside the 640x480 frame (x+w = 700 > 640)"),
+    ((0, 400, 641, 81), "--roi 0,400,641,81 is outside the 640x480 frame (x+w = 641 > 640, y+h = 481 > 480)"),
+    ((-1, 0, 10, 10), "--roi -1,0,10,10: x and y must be 0 or more, w and h at least 1"),
+    ((0, 0, 0, 10), "--roi 0,0,0,10: x and y must be 0 or more, w and h at least 1"),
+])
+def test_roi_outside_the_frame_is_one_line(roi, message):
+    with pytest.raises(RoiError) as caught:
+        apply_roi(np.zeros((480, 640, 3), np.uint8), roi)
+    assert str(caught.value) == message
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, EdgeError)
+
+
+def test_classifier_prepares_only_the_roi_with_its_crop(photos):
+    """The model sees the ROI, cropped as --crop says; an ROI outside the frame is a RoiError, not a bad frame."""
+    spec = ModelSpec(labels=("a", "b"), input_side=224, resize_side=256)
+    classifier = Classifier(None, spec, topk=1, crop="letterbox")  # type: ignore[arg-type]  # prepare needs no model
+    frame = bgr(upscaled(photos["coffee"], 1280, 720))
+    roi = (320, 0, 640, 720)
+    expected = Preprocessor(spec, "letterbox")(np.ascontiguousarray(frame[:, 320:960]))
+    np.testing.assert_array_equal(classifier.prepare(frame, roi=roi)[0], expected)
+    assert classifier.crop == "letterbox" and classifier.prepare(frame).shape == (1, 224, 224, 3)
+    with pytest.raises(RoiError):
+        classifier.prepare(frame, roi=(1000, 0, 640, 720))
+    with pytest.raises(ClassifyError, match="--crop: unknown crop mode"):
+        Classifier(None, spec, crop="wide")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["--crop", "wide"], ["--crop", "invalid choice: 'wide'"]),
+    (["--roi", "1,2,3"], ["--roi", "X,Y,W,H", "'1,2,3'"]),
+    (["--roi", "a,b,c,d"], ["--roi", "X,Y,W,H"]),
+    (["--roi", "0,-1,10,10"], ["--roi", "X,Y,W,H", "0,-1,10,10"]),
+    (["--roi", "0,0,10,0"], ["--roi", "at least 1"]),
+])
+def test_crop_and_roi_usage_errors_are_one_line(argv, needles, capsys):
+    from edge.cli import main
+
+    usage_error(main(["--image", "cat.jpg", *argv]), capsys.readouterr().err, "edge-classify", *needles)
+
+
+def test_crop_and_roi_reach_the_settings_and_the_model(monkeypatch, capsys, tmp_path):
+    from edge.cli import build_parser, main
+    from edge.settings import settings_from_args
+
+    settings = settings_from_args(build_parser().parse_args(["--camera", "0", "--crop", "full", "--roi", "1,2,30,40"]))
+    assert settings.crop == "full" and settings.roi == (1, 2, 30, 40)
+    defaults = settings_from_args(build_parser().parse_args(["--camera", "0"]))
+    assert defaults.crop == "center" and defaults.roi is None
+    opened = {}
+
+    def fake_open(model, **kwargs):
+        opened.update(kwargs)
+        raise ClassifyError("no model here")
+
+    monkeypatch.setattr(Classifier, "open", staticmethod(fake_open))
+    image = tmp_path / "cat.jpg"
+    assert cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    code = main(["--model", str(tmp_path / "m.onnx"), "--image", str(image), "--crop", "letterbox"])
+    assert code == 2 and opened["crop"] == "letterbox" and "no model here" in capsys.readouterr().err
+
+
+def test_edge_service_passes_crop_and_roi_through(model_file):
+    from edge.service.cli import ServiceError, edge_flags
+
+    flags = edge_flags(model_file, ("--source", "csi://0"), ["--crop", "letterbox", "--roi", "0,0,640,360"])
+    assert flags.crop == "letterbox" and flags.roi == (0, 0, 640, 360)
+    with pytest.raises(ServiceError, match="--roi"):
+        edge_flags(model_file, ("--source", "csi://0"), ["--roi", "0,0,640"])

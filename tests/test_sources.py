@@ -98,6 +98,7 @@ def test_names_on_the_command_line_and_rois(tmp_path):
     (["--serve", "8099"], "--serve takes one source for now"),
     (["--metrics-port", "9399"], "--mqtt or --metrics-port takes one source for now"),
     (["--roi", "1,2,3"], "--roi: roi '1,2,3' is not X,Y,W,H"),
+    (["--crop", "middle"], "--crop: invalid choice: 'middle'"),
 ])
 def test_usage_errors_with_several_sources(photo_onnx, videos, capsys, flags, says):
     code = main(["--model", str(photo_onnx), "--source", str(videos["door"]), "--source", str(videos["yard"]),
@@ -155,7 +156,7 @@ def test_sources_file_with_a_region_of_interest(photo_onnx, videos, tmp_path, ca
     listed.write_text(f"yard={videos['yard']} roi=600,0,320,480\n", encoding="utf-8")
     assert main(["--model", str(photo_onnx), "--sources", str(listed), "--json", "--stats-interval", "0"]) == 2
     err = capsys.readouterr().err
-    assert err == "edge-classify: yard: roi 600,0,320,480 does not fit in its 640x480 frames\n"
+    assert err == "edge-classify: yard: --roi 600,0,320,480 is outside the 640x480 frame (x+w = 920 > 640)\n"
 
 
 def test_a_source_that_cannot_be_opened_does_not_stop_the_others(photo_onnx, videos, tmp_path, capsys):

@@ -4,6 +4,12 @@
     prediction = classifier.classify(cv2.imread("cat.jpg"))
     prediction.label, prediction.score, prediction.ms      # 'tabby', 0.83, {'preprocess': 0.4, 'infer': 5.1}
 
+``crop`` (``--crop``: center, full, letterbox) is how every frame becomes the model's square; ``roi``
+(``--roi``, per call, so each source may have its own) is the part of the frame the model sees::
+
+    classifier = Classifier.open(Path("m.onnx"), crop="letterbox")
+    classifier.classify(frame, roi=(320, 0, 640, 720))       # x, y, w, h: the model sees frame[0:720, 320:960]
+
 Logits that are not finite (a model whose arithmetic overflowed: FP16 past 65504, a bad weight) give
 no ranking: such a frame is a :class:`ClassifyError` (one failed input), and a model that does it on
 the load-time test frame is refused at load. Scores written out are cut, never rounded up (:func:`cut`),
@@ -22,7 +28,10 @@ import numpy as np
 from edge.model.artifact import ArtifactError, ModelSpec, read_labels, spec_from_metadata
 from edge.model.backends import Backend, BackendError, open_backend
 from edge.errors import EdgeError
-from edge.model.preprocess import Preprocessor
+from edge.contract import DEFAULT_CROP
+from edge.model.preprocess import Preprocessor, apply_roi
+
+Roi = Optional[Tuple[int, int, int, int]]  # x, y, w, h in the frame's pixels (edge.argtypes.roi parses --roi)
 
 
 class ClassifyError(EdgeError, RuntimeError):
@@ -81,25 +90,33 @@ class Prediction:
 
 
 class Classifier:
-    """An artifact, its spec and its preprocessing, behind one ``classify(frame)`` call."""
+    """An artifact, its spec and its preprocessing, behind one ``classify(frame)`` call.
 
-    def __init__(self, backend: Backend, spec: ModelSpec, topk: int = 5) -> None:
+    ``crop``: one of ``edge.contract.CROP_MODES`` (``center``, torchvision's eval transform, by default).
+    """
+
+    def __init__(self, backend: Backend, spec: ModelSpec, topk: int = 5, crop: str = DEFAULT_CROP) -> None:
         if topk < 1:
             raise ClassifyError(f"--topk must be at least 1, not {topk}")
         self.backend = backend
         self.spec = spec
         self.topk = min(topk, spec.num_classes)
-        self.preprocess = Preprocessor(spec)
+        try:
+            self.preprocess = Preprocessor(spec, crop)
+        except ValueError as exc:
+            raise ClassifyError(f"--crop: {exc}") from None
         # A graph with a dynamic batch axis takes several frames in one run (several sources); a fixed one, one.
         first = (getattr(backend, "input_shape", None) or [None])[0]
         self.max_batch = 1 if isinstance(first, int) else MAX_BATCH
 
     @classmethod
     def open(cls, model: Path, *, backend: str = "auto", device: str = "auto", labels: Optional[Path] = None,
-             topk: int = 5, threads: Optional[int] = None, spare_cores: int = 0) -> "Classifier":
+             topk: int = 5, threads: Optional[int] = None, spare_cores: int = 0,
+             crop: str = DEFAULT_CROP) -> "Classifier":
         """Load ``model``; its metadata gives labels and sizes (``labels`` overrides the label names).
 
         ``spare_cores``: on a CPU, leave that many cores to work beside the model (see ``open_backend``).
+        ``crop``: how frames become the model's square (``--crop``).
         """
         try:
             runtime = open_backend(Path(model), backend, device, threads, spare_cores)
@@ -110,7 +127,7 @@ class Classifier:
                 spec = spec.with_labels(read_labels(labels))
         except (BackendError, ArtifactError) as exc:
             raise ClassifyError(str(exc)) from None
-        classifier = cls(runtime, spec, topk)
+        classifier = cls(runtime, spec, topk, crop)
         classifier.warm_up()
         return classifier
 
@@ -137,16 +154,26 @@ class Classifier:
         except ClassifyError as exc:
             raise ClassifyError(f"the model fails on a test input: {exc}") from None
 
-    def classify(self, frame_bgr: np.ndarray) -> Prediction:
-        """Preprocess, infer and rank one BGR uint8 frame."""
+    @property
+    def crop(self) -> str:
+        """``--crop``: how each frame becomes the model's square."""
+        return self.preprocess.crop
+
+    def classify(self, frame_bgr: np.ndarray, roi: Roi = None) -> Prediction:
+        """Preprocess, infer and rank one BGR uint8 frame (the model sees only ``roi``, x, y, w, h, if given)."""
         started = time.perf_counter()
-        batch = self.prepare(frame_bgr)
+        batch = self.prepare(frame_bgr, roi)
         return self.classify_prepared(batch, {"preprocess": (time.perf_counter() - started) * 1e3})
 
-    def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """One BGR uint8 frame -> the model's batch of one (safe to call on another thread than the model's)."""
+    def prepare(self, frame_bgr: np.ndarray, roi: Roi = None) -> np.ndarray:
+        """One BGR uint8 frame -> the model's batch of one (safe to call on another thread than the model's).
+
+        ``roi``: ``(x, y, w, h)``, the part of the frame the model sees; ``edge.model.preprocess.RoiError`` (an
+        EdgeError and a ValueError: one line, exit 2) when it does not lie inside the frame.
+        """
+        region = apply_roi(frame_bgr, roi)
         try:
-            return self.preprocess(frame_bgr)[None]
+            return self.preprocess(region)[None]
         except ValueError as exc:
             raise ClassifyError(str(exc)) from None
 
@@ -159,15 +186,17 @@ class Classifier:
         prediction.ms.update(infer=(inferred - started) * 1e3, topk=(time.perf_counter() - inferred) * 1e3)
         return prediction
 
-    def classify_many(self, frames_bgr: Sequence[np.ndarray]) -> List[Prediction]:
-        """Several frames (one per source) in one run of the model, at most ``max_batch``. Each prediction
-        carries its own preprocess and top-k times and the batch's infer time (what its frame waited for)."""
+    def classify_many(self, frames_bgr: Sequence[np.ndarray], rois: Optional[Sequence[Roi]] = None
+                      ) -> List[Prediction]:
+        """Several frames (one per source, each with its ``roi`` or None) in one run of the model, at most
+        ``max_batch``. Each prediction carries its own preprocess and top-k times and the batch's infer time (what
+        its frame waited for)."""
         if not 0 < len(frames_bgr) <= self.max_batch:
             raise ClassifyError(f"{len(frames_bgr)} frames in one batch; this model takes 1 to {self.max_batch}")
         inputs, prepared_ms = [], []
-        for frame in frames_bgr:
+        for frame, roi in zip(frames_bgr, rois or [None] * len(frames_bgr)):
             started = time.perf_counter()
-            inputs.append(self.prepare(frame)[0])
+            inputs.append(self.prepare(frame, roi)[0])
             prepared_ms.append((time.perf_counter() - started) * 1e3)
         started = time.perf_counter()
         logits = self.backend.run(np.stack(inputs))

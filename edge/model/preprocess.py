@@ -21,17 +21,25 @@ tests/test_preprocess.py for the bounds) at a fraction of a millisecond per 640x
 
     prep = Preprocessor(spec)                  # spec: edge.model.artifact.ModelSpec
     batch = prep.batch([frame_bgr])            # uint8 [1, 224, 224, 3] RGB, or float32 [1, 3, 224, 224]
+
+The same steps serve the other ``--crop`` modes (``edge.contract.CROP_MODES``), only the geometry differs:
+``full`` samples the whole frame onto the square (torchvision's ``Resize((side, side))``: x and y scales
+differ), ``letterbox`` the whole frame onto a ``side``-long picture that keeps its aspect (``Resize((h, w))``
+with the longer side ``side``), centred on the normalisation's mean colour (it normalises to 0) as
+torchvision's ``CenterCrop`` pads a smaller picture. ``Classifier`` cuts a region of interest out of the frame
+before all this (:func:`apply_roi`).
 """
 
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from edge.contract import resized_size
+from edge.contract import CROP_MODES, DEFAULT_CROP, resized_size
+from edge.errors import EdgeError
 from edge.model.artifact import ModelSpec
 
 _PHASES = 64  # sample offsets per pixel used to fit the prefilter
@@ -48,7 +56,13 @@ class CropPlan:
     kernel_y: np.ndarray
     affine: np.ndarray  # output pixel -> (block-averaged) region coordinates, for WARP_INVERSE_MAP
     side: int
+    size: Tuple[int, int]  # height, width of the sampled picture: side x side but with letterbox
+    offset: Tuple[int, int]  # top, left of the picture in the side x side input (letterbox: the rest is filled)
     block: int = 1  # the region is averaged in block x block squares first (1: not at all)
+
+
+class RoiError(EdgeError, ValueError):
+    """A region of interest that does not lie inside the frame (one line; edge-classify exits 2)."""
 
 
 def reduction_block(scale: float) -> int:
@@ -65,32 +79,67 @@ def reduction_block(scale: float) -> int:
     return block
 
 
-@lru_cache(maxsize=16)
-def crop_plan(height: int, width: int, resize: int, side: int) -> CropPlan:
-    """The resampling plan for ``height`` x ``width`` frames (cached: cameras keep their size)."""
-    new_h, new_w = resized_size(height, width, resize)
-    if new_h < side or new_w < side:
-        raise ValueError(f"resize {resize} is smaller than the crop {side}")
-    top, left = int(round((new_h - side) / 2.0)), int(round((new_w - side) / 2.0))
+def fitted_size(height: int, width: int, side: int) -> Tuple[int, int]:
+    """``(height, width)`` with the longer side ``side`` and the aspect kept (truncated, as torchvision's sizes)."""
+    if width >= height:
+        return max(int(side * height / width), 1), side
+    return side, max(int(side * width / height), 1)
+
+
+def _layout(height: int, width: int, resize: int, side: int,
+            crop: str) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
+    """For one ``crop`` mode: the size the frame is resized to, the first resized pixel kept (top, left),
+    and the size of the picture kept (the model's square, or letterbox's smaller rectangle in it)."""
+    if crop == "center":
+        new_h, new_w = resized_size(height, width, resize)
+        if new_h < side or new_w < side:
+            raise ValueError(f"resize {resize} is smaller than the crop {side}")
+        return (new_h, new_w), (int(round((new_h - side) / 2.0)), int(round((new_w - side) / 2.0))), (side, side)
+    if crop == "full":
+        return (side, side), (0, 0), (side, side)
+    check_crop(crop)
+    fitted = fitted_size(height, width, side)  # letterbox
+    return fitted, (0, 0), fitted
+
+
+def check_crop(crop: str) -> str:
+    """``crop`` if it is one of ``CROP_MODES``, else ValueError."""
+    if crop not in CROP_MODES:
+        raise ValueError(f"unknown crop mode {crop!r} (one of {', '.join(CROP_MODES)})")
+    return crop
+
+
+@lru_cache(maxsize=32)
+def crop_plan(height: int, width: int, resize: int, side: int, crop: str = DEFAULT_CROP) -> CropPlan:
+    """The resampling plan for ``height`` x ``width`` frames and a ``crop`` mode (cached: cameras keep their size)."""
+    (new_h, new_w), (top, left), (out_h, out_w) = _layout(height, width, resize, side, crop)
     scale_y, scale_x = height / new_h, width / new_w
     # Centre of output pixel 0 in input coordinates (PIL and OpenCV both put pixel centres at +0.5).
     first_y, first_x = (top + 0.5) * scale_y - 0.5, (left + 0.5) * scale_x - 0.5
     block = reduction_block(min(scale_x, scale_y))
-    y0, y1 = _block_span(*_span(first_y, scale_y, side, height, block), block, height)
-    x0, x1 = _block_span(*_span(first_x, scale_x, side, width, block), block, width)
+    y0, y1 = _block_span(*_span(first_y, scale_y, out_h, height, block), block, height)
+    x0, x1 = _block_span(*_span(first_x, scale_x, out_w, width, block), block, width)
     # Block i of the region averages input pixels x0 + block*i .. +block-1: its centre is at
     # x0 + block*i + (block-1)/2, so input coordinate u is (u - x0 - (block-1)/2) / block there.
     shift = (block - 1) / 2.0
     affine = np.array([[scale_x / block, 0.0, (first_x - x0 - shift) / block],
                        [0.0, scale_y / block, (first_y - y0 - shift) / block]], dtype=np.float64)
     return CropPlan((y0, y1, x0, x1), prefilter_kernel(scale_x, block), prefilter_kernel(scale_y, block), affine,
-                    side, block)
+                    side, (out_h, out_w), ((side - out_h) // 2, (side - out_w) // 2), block)
 
 
-def resize_and_crop(frame_bgr: np.ndarray, resize: int, side: int) -> np.ndarray:
-    """``Resize(resize)`` + ``CenterCrop(side)`` of a BGR uint8 frame, returned as RGB uint8 ``[side, side, 3]``."""
-    height, width = frame_bgr.shape[:2]
-    plan = crop_plan(height, width, resize, side)
+def resize_and_crop(frame_bgr: np.ndarray, resize: int, side: int, crop: str = DEFAULT_CROP,
+                    fill: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """``Resize(resize)`` + ``CenterCrop(side)`` of a BGR uint8 frame, returned as RGB uint8 ``[side, side, 3]``.
+
+    ``crop``: another mode of ``CROP_MODES``; ``fill``: letterbox's borders, RGB.
+    """
+    plan = crop_plan(frame_bgr.shape[0], frame_bgr.shape[1], resize, side, crop)
+    return place(resample(frame_bgr, plan), plan, fill)
+
+
+def resample(frame_bgr: np.ndarray, plan: CropPlan) -> np.ndarray:
+    """The picture ``plan`` keeps of a BGR uint8 frame, as RGB uint8 ``[height, width, 3]`` (``plan.size``)."""
     y0, y1, x0, x1 = plan.region
     region = frame_bgr[y0:y1, x0:x1]
     halvings = 0
@@ -105,32 +154,83 @@ def resize_and_crop(frame_bgr: np.ndarray, resize: int, side: int) -> np.ndarray
         depth = cv2.CV_32F if halvings else cv2.CV_8U
         region = cv2.sepFilter2D(region, depth, plan.kernel_x, plan.kernel_y, delta=-HALVING_BIAS * halvings,
                                  borderType=cv2.BORDER_REPLICATE)
-    out = cv2.warpAffine(region, plan.affine, (side, side), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    height, width = plan.size
+    out = cv2.warpAffine(region, plan.affine, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_REPLICATE)
     if out.dtype != np.uint8:
         out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
 
 
-def normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``ToTensor`` + ``Normalize``: uint8 HWC RGB -> float32 CHW, for ``--input float`` artifacts."""
+def place(picture: np.ndarray, plan: CropPlan, fill) -> np.ndarray:
+    """``picture`` (HWC) where ``plan`` puts it in the model's square, the rest ``fill``; as it is when it fills it."""
+    height, width = plan.size
+    if height == width == plan.side:
+        return picture
+    canvas = np.empty((plan.side, plan.side) + picture.shape[2:], picture.dtype)
+    canvas[...] = fill
+    top, left = plan.offset
+    canvas[top:top + height, left:left + width] = picture
+    return canvas
+
+
+def mean_colour(mean: Sequence[float]) -> Tuple[int, ...]:
+    """The uint8 RGB colour closest to ``mean``: letterbox's borders for a uint8-input artifact (about 0 normalised)."""
+    return tuple(min(max(int(round(255.0 * value)), 0), 255) for value in mean)
+
+
+def standardise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``ToTensor`` + ``Normalize`` of uint8 HWC RGB, still HWC (float32)."""
     scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
     shift = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
-    return np.ascontiguousarray((rgb.astype(np.float32) * scale + shift).transpose(2, 0, 1))
+    return rgb.astype(np.float32) * scale + shift
+
+
+def normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``ToTensor`` + ``Normalize``: uint8 HWC RGB -> float32 CHW, for ``--input float`` artifacts."""
+    return np.ascontiguousarray(standardise(rgb, mean, std).transpose(2, 0, 1))
+
+
+def apply_roi(frame: np.ndarray, roi: Optional[Tuple[int, int, int, int]]) -> np.ndarray:
+    """``frame[y:y+h, x:x+w]`` for ``roi = (x, y, w, h)`` (a view: nothing copied); the frame itself for None.
+
+    RoiError (a ValueError, one line) unless the region lies wholly inside the frame: a region cut
+    short would silently change what the model sees.
+    """
+    if roi is None:
+        return frame
+    x, y, w, h = roi
+    height, width = frame.shape[:2]
+    if min(x, y) < 0 or min(w, h) < 1:
+        raise RoiError(f"--roi {x},{y},{w},{h}: x and y must be 0 or more, w and h at least 1")
+    beyond = [f"{name} = {end} > {limit}" for name, end, limit in (("x+w", x + w, width), ("y+h", y + h, height))
+              if end > limit]
+    if beyond:
+        raise RoiError(f"--roi {x},{y},{w},{h} is outside the {width}x{height} frame ({', '.join(beyond)})")
+    return frame[y:y + h, x:x + w]
 
 
 class Preprocessor:
-    """Frames -> the batch an artifact takes, as its spec says (uint8 NHWC or normalised float NCHW)."""
+    """Frames -> the batch an artifact takes, as its spec says (uint8 NHWC or normalised float NCHW).
 
-    def __init__(self, spec: ModelSpec) -> None:
+    ``crop``: how the frame becomes the model's square, one of ``CROP_MODES`` (``center``: torchvision's).
+    """
+
+    def __init__(self, spec: ModelSpec, crop: str = DEFAULT_CROP) -> None:
         self.spec = spec
+        self.crop = check_crop(crop)
+        self._fill = mean_colour(spec.mean)
 
     def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
         """One frame -> one model input (no batch axis)."""
-        rgb = resize_and_crop(as_bgr(frame_bgr), self.spec.resize_side, self.spec.input_side)
-        if self.spec.input_kind == "uint8":
-            return rgb
-        return normalise(rgb, self.spec.mean, self.spec.std)
+        bgr = as_bgr(frame_bgr)
+        spec = self.spec
+        plan = crop_plan(bgr.shape[0], bgr.shape[1], spec.resize_side, spec.input_side, self.crop)
+        picture = resample(bgr, plan)
+        if spec.input_kind == "uint8":
+            return place(picture, plan, self._fill)
+        # Letterbox's borders are placed after normalising, so they are exactly 0 (the mean colour).
+        return np.ascontiguousarray(place(standardise(picture, spec.mean, spec.std), plan, 0.0).transpose(2, 0, 1))
 
     def batch(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Several frames -> one batch (a leading N axis)."""
