@@ -11,10 +11,10 @@ training on what it found help? One run, on real handwritten digits (scikit-lear
    against the model's error rate on the whole stream. Target: uncertainty >= 3x random.
 3. The loop's FPS without ``--collect`` and with it (best of 2 each), and the disk the kept JPEGs take.
 4. The loop closed: a simulated reviewer confirms or relabels every kept frame with its true label
-   (``edge.collect.folder.decide``, what ``edge-collect`` and ``/review`` call); ``edge-train --weights WEAK.pt``
-   fine-tunes the weak model on its own training digits plus DIR/labelled (copied into one ImageFolder: the
-   collection alone may lack a class, which gives a fresh head), ``edge-export`` exports it; both models
-   are scored on the collected frames and on held-out digits.
+   (``edge.collect.folder.decide``, what ``edge-collect`` and ``/review`` call); ``edge-train --init WEAK.pt``
+   fine-tunes the weak model on its own training digits plus DIR/labelled (copied into one ImageFolder: a
+   class the collection lacks would be kept in the model but not trained on), ``edge-export`` exports it;
+   both models are scored on the collected frames and on held-out digits.
 Intervals and near-duplicate suppression are off in 2 (every frame is a different digit); nothing else is.
 """
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 SIDE = 32  # the model's input
 FRAME = 64  # the video's frames
 Collected = List[Dict]  # manifest entries
-FAST = ["--weights", "none", "--arch", "resnet18", "--image-size", str(SIDE), "--augment", "none",
+FAST = ["--arch", "resnet18", "--image-size", str(SIDE), "--augment", "none",
         "--batch-size", "16", "--workers", "0"]
 
 
@@ -82,8 +82,9 @@ def command(name: str, args: Sequence[str]) -> None:
         raise SystemExit(f"{name} failed ({result.returncode}): {result.stderr[-2000:]}")
 
 
-def train_and_export(data: Path, out: Path, epochs: int, extra: Sequence[str] = ()) -> Path:
-    command("edge-train", ["--data", data, "--epochs", epochs, "--out", out, "--val-fraction", "0.2", *FAST, *extra])
+def train_and_export(data: Path, out: Path, epochs: int, start: Sequence[str] = ("--weights", "none")) -> Path:
+    """``edge-train`` from ``start`` (from scratch, or ``--init CKPT``), then ``edge-export`` of the best epoch."""
+    command("edge-train", ["--data", data, "--epochs", epochs, "--out", out, "--val-fraction", "0.2", *FAST, *start])
     onnx = out.with_suffix(".onnx")
     command("edge-export", ["--checkpoint", out, "--precision", "fp32", "--out", onnx])
     return onnx
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] = None) -> Dict[str, object]:
     collected_images = images[stream][[e["frame"] for e in uncertain]]
     collected_truth = truth[[e["frame"] for e in uncertain]]
     better = train_and_export(merge(work / "retrain", [work / "small", work / "u" / "labelled"]),
-                              work / "retrained.pt", args.epochs, ["--weights", work / "weak.pt"])
+                              work / "retrained.pt", args.epochs, ["--init", work / "weak.pt"])
     results = {
         "stream": len(stream), "base_error": base_error, "kept_uncertain": len(uncertain), "kept_share": share,
         "mistakes_uncertain": mistake_share(uncertain, truth), "kept_random": len(randomly),
@@ -228,7 +229,7 @@ def print_table(r: Dict, args: argparse.Namespace) -> None:
     print(f"| with --collect uncertain | {r['fps_collect']:.0f} | {r['output_collect']:.3f} | {r['disk_mb']:.2f} MB "
           f"for {r['kept_uncertain']} frames |")
     print(f"\nreviewed: {r['reviewed']['confirm']} confirmed, {r['reviewed']['relabel']} relabelled; "
-          "retrained from the weak checkpoint (--weights weak.pt) on its training digits + DIR/labelled:\n")
+          "retrained from the weak checkpoint (--init weak.pt) on its training digits + DIR/labelled:\n")
     print("| accuracy | weak model | retrained |")
     print("|---|---:|---:|")
     print(f"| on the {r['kept_uncertain']} collected frames | {r['collected_acc_before']:.1%} | "

@@ -123,6 +123,10 @@ def _run(args: argparse.Namespace) -> int:
     labels = read_labels_file(args.labels) if args.labels else None
     if args.checkpoint:
         loaded = load_checkpoint_model(args.checkpoint, labels=labels)
+        if loaded.init:  # trained with --init: what changed against that model
+            from .train.init_model import label_changes
+
+            print(f"labels: {label_changes(loaded.labels, loaded.init['classes'], loaded.init['file'])}")
     else:
         loaded = load_model(args.arch or DEFAULT_ARCH, args.weights, num_classes=args.num_classes, labels=labels)
     for out, target in pairs:  # labels a runtime's label file cannot hold fail here, before any export
@@ -248,7 +252,8 @@ def build_train_parser() -> argparse.ArgumentParser:
         epilog="Beside --out runs/x.pt: runs/x.last.pt (latest epoch, for --resume), runs/x.metrics.json, "
                "runs/x.curves.png, runs/x.val.png. With --resume, the settings come from the checkpoint; only "
                "--data, --out, --epochs, --batch-size, --workers, --device, --amp, --sync-bn and --no-scale-lr can "
-               "change; the output is --out or, for --resume runs/x.last.pt, runs/x.pt. Several processes: "
+               "change; the output is --out or, for --resume runs/x.last.pt, runs/x.pt. To add classes to a "
+               "deployed model and keep its labels' indices: --init runs/deployed.pt. Several processes: "
                "torchrun --nproc_per_node N -m export.train ...")
     add = parser.add_argument
     add("--data", metavar="DIR", help="the image folder: train/ and val/ with one folder per class, or only class folders")
@@ -257,6 +262,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     add("--weights", metavar="pretrained|none|PATH",
         help="start from torchvision's ImageNet weights (downloaded once), random initialisation, or a state-dict "
              "file or edge-train checkpoint (its head is replaced when the classes differ) (default pretrained)")
+    add("--init", type=Path, metavar="MODEL",
+        help="start from a deployed model: an edge-train checkpoint, or an exported .onnx/.ts whose source "
+             "checkpoint is beside it; its architecture, input size and classes are kept (its classes first, in "
+             "their order, new class folders appended; the head's rows matched by label)")
     add("--mode", choices=("finetune", "features"),
         help="finetune: train every layer; features: train only the new head on the frozen backbone (default finetune)")
     add("--freeze", type=non_negative_int, metavar="N", help="with finetune, freeze the first N blocks of the backbone")

@@ -42,6 +42,7 @@ class LoadedModel:
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
     verify_images: List[Path] = field(default_factory=list)
+    init: Mapping[str, Any] = field(default_factory=dict)  # a checkpoint's record of the model it started from
 
 
 def load_model(arch_name: str, weights: str = "pretrained", *, num_classes: Optional[int] = None,
@@ -71,7 +72,7 @@ def load_checkpoint_model(path: Path, *, labels: Optional[Sequence[str]] = None)
     if report.skipped or report.missing:
         raise WeightsError(f"{path}: the checkpoint does not fit {arch.name}: {report.summary()}")
     loaded = LoadedModel(model.eval(), arch.name, classes, input_side, resize_side, f"checkpoint:{Path(path).name}",
-                         mean, std, checkpoint_val_images(ckpt))
+                         mean, std, checkpoint_val_images(ckpt), dict(ckpt.get("init") or {}))
     return _with_labels(loaded, labels)
 
 

@@ -21,6 +21,7 @@ from typing import Dict, List
 
 import pytest
 import torch
+from cli_checks import usage_error
 from PIL import Image
 
 from export.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_val_images, load_checkpoint, save_checkpoint
@@ -313,6 +314,8 @@ def _bad_inputs(tmp_path: Path, small: Path) -> Dict[str, tuple]:
                      "model": {}, "input_side": 32, "resize_side": 37, "mean": [0.5] * 3, "std": [0.5] * 3,
                      "args": {"arch": "resnet18", "lr": 0.001, "data": str(small), "out": str(root / "x.pt")}},
                     resnet_ckpt)
+    bad_init = root / "i.pt"
+    save_checkpoint({**load_checkpoint(resnet_ckpt), "init": {"file": "deployed.pt", "classes": "digit0"}}, bad_init)
     data = ["--data", str(small)]
     return {
         "missing folder": (["--data", str(root / "nope")], "no such folder"),
@@ -335,13 +338,24 @@ def _bad_inputs(tmp_path: Path, small: Path) -> Dict[str, tuple]:
         "image too small": (data + ["--arch", "alexnet", "--weights", "none", "--image-size", "32"],
                             "--image-size 32 is too small for alexnet"),
         "bad flag value": (data + ["--epochs", "0"], "must be at least 1"),
+        "init with resume": (["--init", str(resnet_ckpt), "--resume", str(resnet_ckpt)],
+                             "--init starts a new run from a model and --resume goes on with a run"),
+        "init with weights": (data + ["--init", str(resnet_ckpt), "--weights", "none"], "--init gives the weights"),
+        "init with another arch": (data + ["--init", str(resnet_ckpt), "--arch", "alexnet"],
+                                   "--arch alexnet differs from the --init model's resnet18"),
+        "init missing": (data + ["--init", str(root / "none.pt")], f"--init {root / 'none.pt'}: no such file"),
+        "init a weights file": (data + ["--init", str(state)], "is not an edge-train checkpoint"),
+        "init without a head": (data + ["--init", str(resnet_ckpt)], "its fc is not a resnet18 head for its 2 classes"),
+        "init record not a record": (data + ["--init", str(bad_init)],
+                                     "init is not a record of the model the run started from"),
     }
 
 
 BAD_CASES = ["missing folder", "no class folders", "only files", "one class only", "mismatched classes",
              "val without train", "unknown arch", "resume a weights file", "resume junk", "resume missing",
              "resume with another arch", "no --data", "weights not a file", "freeze too many", "freeze with features",
-             "image too small", "bad flag value"]
+             "image too small", "bad flag value", "init with resume", "init with weights", "init with another arch",
+             "init missing", "init a weights file", "init without a head", "init record not a record"]
 
 
 @pytest.fixture(scope="module")
@@ -529,3 +543,131 @@ def test_files_of_runs_from_before_the_marks_are_still_ours(tiny, tmp_path):
     files.grid.write_text("not a PNG")
     with pytest.raises(UsageError, match="c.val.png exists"):
         files.refuse_foreign()
+
+
+# --- --init: start from the deployed model, its labels kept at their indices -------------------------------------
+
+INIT_FLAGS = ["--mode", "features", "--augment", "none", "--batch-size", "8", "--workers", "0", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def reviewed(tmp_path_factory) -> Path:
+    """Reviewed frames for ``tiny`` (digit0, digit1): digit0, and a new class ``adigit`` that sorts before both;
+    no digit1 (a class the model knows, with no images here). One ImageFolder, split by edge-train."""
+    root = write_digits(tmp_path_factory.mktemp("reviewed"), per_class=20, val_every=5, classes=3)
+    data = root / "labelled"
+    for part in ("train", "val"):
+        for name, new in (("digit0", "digit0"), ("digit2", "adigit")):
+            shutil.copytree(root / part / name, data / new, dirs_exist_ok=True)
+    return data
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory, tiny, reviewed) -> Dict:
+    """``edge-train --init`` of ``tiny`` (as runs/deployed.pt) on ``reviewed``, then ``edge-export`` of the result."""
+    import contextlib
+    import io
+    from export.cli import export_main
+
+    runs = tmp_path_factory.mktemp("runs")
+    deployed = Path(shutil.copy(tiny, runs / "deployed.pt"))
+    out, onnx, printed = runs / "retrained.pt", runs / "retrained.onnx", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--data", str(reviewed), "--init", str(deployed), "--epochs", "1", "--out", str(out)]
+                    + INIT_FLAGS) == 0
+        train_out = printed.getvalue()
+        assert export_main(["--checkpoint", str(out), "--precision", "fp32", "--out", str(onnx)]) == 0
+    return {"deployed": deployed, "out": out, "onnx": onnx, "train": train_out,
+            "export": printed.getvalue()[len(train_out):]}
+
+
+def test_init_keeps_the_models_label_order_and_backbone_and_records_where_it_started(retrained, tiny):
+    from edge.model.swap import file_sha256
+
+    ckpt, start = load_checkpoint(retrained["out"]), load_checkpoint(tiny)
+    # adigit sorts first, but the deployed model's classes keep their indices; digit1 has no images, and stays
+    assert start["classes"] == ["digit0", "digit1"]
+    assert ckpt["classes"] == ["digit0", "digit1", "adigit"]
+    assert ckpt["init"] == {"file": "deployed.pt", "sha256": file_sha256(retrained["deployed"]),
+                            "classes": ["digit0", "digit1"]}
+    assert (ckpt["arch"], ckpt["input_side"], ckpt["mean"], ckpt["std"]) == \
+        (start["arch"], start["input_side"], start["mean"], start["std"])  # from the model, no --arch given
+    head = "classifier.1."
+    backbone = [k for k in start["model"] if not k.startswith(head)]
+    assert backbone and all(torch.equal(ckpt["model"][k], start["model"][k]) for k in backbone)  # frozen: as loaded
+    assert ckpt["model"][head + "weight"].shape[0] == 3
+    assert f"started from {retrained['deployed']}; labels: 3 (2 as in deployed.pt, in the same order; added: adigit)" \
+        in retrained["train"]
+
+
+def test_init_copies_the_head_rows_by_label_not_by_index(tiny):
+    from export.train.init_model import find_init, init_state
+    from export.zoo import get_arch
+
+    init, arch = find_init(tiny), get_arch("mobilenet_v2")
+    old_weight, old_bias = init.ckpt["model"]["classifier.1.weight"], init.ckpt["model"]["classifier.1.bias"]
+    classes = ["zebra", "digit1", "digit0"]  # another order than the model's: rows follow the names
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", len(classes))
+    fresh = model.classifier[1].weight.detach().clone()
+    model.load_state_dict(init_state(model, arch, init, classes))  # strict: the whole backbone fits
+    weight, bias = model.classifier[1].weight, model.classifier[1].bias
+    assert torch.equal(weight[1], old_weight[1]) and torch.equal(bias[1], old_bias[1])
+    assert torch.equal(weight[2], old_weight[0]) and torch.equal(bias[2], old_bias[0])
+    assert torch.equal(weight[0], fresh[0])  # a new class keeps the fresh initialisation, no copy of a row
+    assert not any(torch.equal(weight[0], row) for row in old_weight)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in init.ckpt["model"].items()
+               if not k.startswith("classifier.1."))
+
+
+def test_resuming_an_init_run_keeps_its_order_and_its_start(retrained, tmp_path):
+    last = Path(shutil.copy(retrained["out"].with_name("retrained.last.pt"), tmp_path / "r.last.pt"))
+    assert main(["--resume", str(last), "--epochs", "2"]) == 0  # digit1 still has no images: its model had it
+    ckpt = load_checkpoint(last)
+    assert ckpt["epoch"] == 2 and ckpt["classes"] == ["digit0", "digit1", "adigit"]
+    assert ckpt["init"] == load_checkpoint(retrained["out"])["init"]
+
+
+def test_export_of_an_init_run_says_what_changed(retrained):
+    assert "labels: 3 (2 as in deployed.pt, in the same order; added: adigit)" in retrained["export"]
+
+
+def test_init_from_an_artifact_takes_its_source_checkpoint_beside_it(retrained, reviewed, tmp_path, capsys):
+    from export.train.init_model import _is_torchscript, find_init
+
+    init = find_init(retrained["onnx"])
+    assert (init.path, init.classes) == (retrained["out"], ["digit0", "digit1", "adigit"])
+    moved = tmp_path / "deployed" / "retrained.onnx"
+    moved.parent.mkdir()
+    shutil.copy(retrained["onnx"], moved)
+    out = tmp_path / "runs" / "next.pt"
+    code = main(["--data", str(reviewed), "--init", str(moved), "--out", str(out)])
+    usage_error(code, capsys.readouterr().err, "edge-train", "its source checkpoint retrained.pt is not beside it",
+                "--init PATH/retrained.pt")
+    assert not out.parent.exists()
+    script = tmp_path / "m.pt"  # a TorchScript .pt is an artifact, not a checkpoint
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(script))
+    assert _is_torchscript(script) and not _is_torchscript(retrained["out"])
+
+
+def test_class_order_fixes_the_indices_and_not_the_split(small, tmp_path):
+    from export.errors import DataError
+    from export.train.data import find_image_folders
+
+    flat = tmp_path / "flat"
+    for part in ("train", "val"):
+        shutil.copytree(small / part, flat, dirs_exist_ok=True)
+    order = ["digit1", "zebra"]
+    for root in (small, flat):  # train/ + val/, and one folder split
+        plain, ordered = find_image_folders(root), find_image_folders(root, class_order=order)
+        assert ordered.classes == ["digit1", "zebra", "digit0"] and ordered.missing == ["zebra"]
+        for samples in (ordered.train, ordered.val):
+            assert samples and all(ordered.classes[target] == path.parent.name for path, target in samples)
+        assert sorted(p for p, _ in ordered.val) == sorted(p for p, _ in plain.val)  # the same split
+    shutil.rmtree(flat / "digit0")
+    assert find_image_folders(flat, class_order=order).classes == ["digit1", "zebra"]  # the model has the others
+    uneven = tmp_path / "uneven"
+    shutil.copytree(small, uneven)
+    shutil.rmtree(uneven / "val" / "digit0")
+    with pytest.raises(DataError, match="only in train/: digit0"):
+        find_image_folders(uneven, class_order=["digit0", "digit1"])

@@ -11,7 +11,8 @@ The keys: ``format`` ("edge-classifier-checkpoint") and ``version``; what export
 ``optimizer``, ``lr_scheduler``, ``epoch`` (epochs done), ``best_acc``, ``best_epoch``, ``history`` (one
 dict per epoch) and ``args`` (the run's settings as a plain dict); and, to resume on another number of
 processes, ``global_step`` (optimizer steps), ``world_size``, ``lr_scale`` and ``global_batch``, plus the
-fp16 ``scaler`` state. Only tensors, plain containers and str/int/float/bool/None go in: all that
+fp16 ``scaler`` state; for a run from ``--init``, ``init``: ``{"file", "sha256", "classes"}`` of the model
+it started from. Only tensors, plain containers and str/int/float/bool/None go in: all that
 ``weights_only`` loading accepts. ``load_checkpoint`` checks the fields export and the device use (an input
 side of 0 or 60000, a std of 0, a mean of two values are one line, not a crash) and ``check_resumable``
 the ones ``--resume`` uses.
@@ -117,6 +118,11 @@ def _check_fields(ckpt: Mapping[str, Any], path: Path) -> None:
     images = ckpt.get("val_images") or []
     _expect(isinstance(images, list) and all(isinstance(i, str) for i in images), path, "val_images",
             "a list of paths")
+    init = ckpt.get("init")
+    _expect(init is None or (isinstance(init, Mapping) and isinstance(init.get("file"), str)
+                             and isinstance(init.get("sha256"), str) and isinstance(init.get("classes"), list)
+                             and all(isinstance(c, str) for c in init["classes"])),
+            path, "init", "a record of the model the run started from (file, sha256, classes)")
 
 
 def _expect(ok: bool, path: Path, key: str, what: str) -> None:

@@ -10,6 +10,10 @@ from which ``val_fraction`` of each class is split off with a fixed seed. Class 
 names, sorted, as torchvision's ``ImageFolder`` has them; hidden files and folders (``.ipynb_checkpoints``)
 are ignored. Files with an image suffix that do not open are skipped and counted, never fatal.
 
+``class_order`` (a model's classes, for ``edge-train --init`` and ``--resume``) fixes the class indices
+instead: its classes in its order, then the folders it lacks, sorted. A class of it with no folder here
+stays in ``classes`` without images and is listed in ``missing``; the split is the same as without it.
+
 ``eval_transform`` is THE spec the device reproduces (edge/model/preprocess.py): PIL bilinear resize with
 antialias of the shorter side to ``resize``, then a center crop of ``side``.
 """
@@ -48,6 +52,7 @@ class ImageFolders:
     split_fraction: Optional[float] = None  # the fraction split off into val; None when val/ was given
     seed: int = 0  # the split's
     skipped: List[Tuple[Path, str]] = field(default_factory=list)  # unreadable images and why
+    missing: List[str] = field(default_factory=list)  # classes of the class_order with no folder here
 
     def describe(self) -> str:
         how = (f"split {self.split_fraction:.0%} of each class off for validation, seed {self.seed}"
@@ -82,28 +87,46 @@ def train_transform(*, side: int, resize: int, augment: str = "default", mean: S
                       T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
 
 
-def find_image_folders(root: Path, *, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> ImageFolders:
-    """The classes and samples under ``root`` (see the module's docstring for the layouts)."""
+def find_image_folders(root: Path, *, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
+                       class_order: Optional[Sequence[str]] = None) -> ImageFolders:
+    """The classes and samples under ``root`` (see the module's docstring for the layouts and ``class_order``)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"no such folder: {root}" if not root.exists() else f"not a folder: {root}")
     train_dir, val_dir = root / "train", root / "val"
     if val_dir.is_dir() and not train_dir.is_dir():
         raise DataError(f"{root} has val/ but no train/")
+    min_classes = 2 if class_order is None else 1  # with a class order, the model has the others
     if train_dir.is_dir() and val_dir.is_dir():
-        classes, train, skipped = _scan(train_dir)
-        val_classes, val, val_skipped = _scan(val_dir, need_two=False)
-        if val_classes != classes:
-            raise DataError(f"train/ and val/ in {root} have different classes: {_difference(classes, val_classes)}")
+        found, train, skipped = _scan(train_dir, min_classes=min_classes)
+        val_found, val, val_skipped = _scan(val_dir, min_classes=1, need_images=False)
+        if val_found != found:
+            raise DataError(f"train/ and val/ in {root} have different classes: {_difference(found, val_found)}")
         if not val:
             raise DataError(f"{val_dir} has no images")
-        return ImageFolders(root, classes, train, val, skipped=skipped + val_skipped)
-    classes, samples, skipped = _scan(train_dir if train_dir.is_dir() else root)
-    train, val = split_samples(samples, val_fraction=val_fraction, seed=seed)
-    if not val:
-        raise DataError(f"{root}: too few images to split off {val_fraction:.0%} for validation; "
-                        "add images or a val/ folder")
-    return ImageFolders(root, classes, train, val, val_fraction, seed, skipped)
+        split, skipped = None, skipped + val_skipped
+    else:
+        found, samples, skipped = _scan(train_dir if train_dir.is_dir() else root, min_classes=min_classes)
+        train, val = split_samples(samples, val_fraction=val_fraction, seed=seed)
+        if not val:
+            raise DataError(f"{root}: too few images to split off {val_fraction:.0%} for validation; "
+                            "add images or a val/ folder")
+        split = val_fraction
+    classes = ordered_classes(found, class_order)
+    return ImageFolders(root, classes, _renumber(train, found, classes), _renumber(val, found, classes), split, seed,
+                        skipped, [name for name in classes if name not in found])
+
+
+def ordered_classes(found: Sequence[str], order: Optional[Sequence[str]]) -> List[str]:
+    """``order``'s classes in its order, then the classes of ``found`` it lacks, sorted (no order: ``found``)."""
+    known = set(order or ())
+    return list(order or ()) + sorted(name for name in found if name not in known)
+
+
+def _renumber(samples: Sequence[Sample], found: Sequence[str], classes: Sequence[str]) -> List[Sample]:
+    """Samples numbered by their folder's place in ``found`` -> by its place in ``classes``."""
+    index = [classes.index(name) for name in found]
+    return [(path, index[target]) for path, target in samples]
 
 
 def split_samples(samples: Sequence[Sample], *, val_fraction: float, seed: int) -> Tuple[List[Sample], List[Sample]]:
@@ -188,12 +211,14 @@ def collate_readable(batch: List):
     return default_collate(kept) if kept else None
 
 
-def _scan(folder: Path, *, need_two: bool = True) -> Tuple[List[str], List[Sample], List[Tuple[Path, str]]]:
+def _scan(folder: Path, *, min_classes: int = 2, need_images: bool = True
+          ) -> Tuple[List[str], List[Sample], List[Tuple[Path, str]]]:
+    """The class folders' names, sorted; the readable images numbered by them; the unreadable ones and why."""
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{folder} has no class folders: put each class's images in a folder named after it "
                         f"({folder}/<class>/*.jpg)")
-    if need_two and len(class_dirs) < 2:
+    if len(class_dirs) < min_classes:
         raise DataError(f"{folder} has one class only ({class_dirs[0].name}); a classifier needs at least two")
     samples: List[Sample] = []
     skipped: List[Tuple[Path, str]] = []
@@ -208,7 +233,7 @@ def _scan(folder: Path, *, need_two: bool = True) -> Tuple[List[str], List[Sampl
             else:
                 samples.append((path, target))
                 readable += 1
-        if need_two and not readable:
+        if need_images and not readable:
             raise DataError(f"class folder {class_dir} has no readable images")
     return [d.name for d in class_dirs], samples, skipped
 

@@ -22,6 +22,10 @@ edge-train did not write is never replaced. ``--resume runs/photos.last.pt`` goe
 training failed (a write error, out of memory, a diverging loss); 2 usage error, data that cannot be
 trained on, or a checkpoint that cannot be resumed; 130 interrupted (go on with ``--resume runs/photos.last.pt``).
 
+``--init runs/deployed.pt`` (or the ``deployed.onnx`` exported from it) starts from a deployed model: its
+architecture, input size, mean/std and classes, in their order, with the class folders new to it appended;
+the backbone loaded exactly and the head matched row by row by label (``export.train.init_model``).
+
 Scale. On CUDA, ``--amp`` is on by default (bf16 autocast where the GPU supports it, else fp16 with a
 GradScaler) and the model runs channels_last; on the CPU both are off (``--amp`` there means bf16
 autocast). Weights stay FP32, so checkpoints and exports are the same either way. Several processes:
@@ -78,6 +82,7 @@ from .data import (ImageFiles, ImageFolders, collate_readable, eval_crop, eval_t
                    open_rgb, resize_for, spread_across_classes, to_normalised_tensor, train_transform)
 from .distributed import ShardSampler, World, default_workers
 from .files import RunFiles, default_out_for_resume
+from .init_model import InitModel, find_init, init_state, label_changes
 from .report import write_curves, write_metrics, write_val_grid
 
 log = logging.getLogger("edge-train")
@@ -108,27 +113,39 @@ class Settings:
     amp: Optional[bool]  # None: on for CUDA, off on the CPU
     sync_bn: bool
     scale_lr: bool
+    mean: Tuple[float, ...]  # the normalisation: ImageNet's, or the --init or resumed model's
+    std: Tuple[float, ...]
 
 
 DEFAULTS: Dict[str, Any] = dict(
     data=None, out=None, arch="mobilenet_v2", weights="pretrained", mode="finetune", freeze=0, epochs=25,
     batch_size=32, lr=0.001, momentum=0.9, step_size=7, gamma=0.1, image_size=None, augment="default",
-    val_fraction=0.2, seed=0, workers=None, device="auto", amp=None, sync_bn=False, scale_lr=True)
+    val_fraction=0.2, seed=0, workers=None, device="auto", amp=None, sync_bn=False, scale_lr=True,
+    mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD))
 # A resumed run keeps the model, data split and optimiser it started with; only these may change.
 CHANGEABLE_ON_RESUME = ("data", "out", "epochs", "batch_size", "workers", "device", "amp", "sync_bn", "scale_lr")
 # This machine's and this command line's, never the checkpoint's: where to write, and how to run here.
 NOT_FROM_CHECKPOINT = ("out", "workers", "device", "amp")
 
 
-def _refuse_overwriting_weights(files: RunFiles, weights: str) -> None:
+def _refuse_overwriting_weights(files: RunFiles, weights: str, what: str = "--weights file") -> None:
     """``--weights runs/a.pt --out runs/a.pt``: the run would replace the file it starts from after epoch 1."""
     source = Path(weights)
     if weights in ("pretrained", "none") or not source.is_file():
         return
     for written in (files.best, files.last):
         if written.exists() and written.samefile(source):
-            raise UsageError(f"--out would overwrite the --weights file {source} ({written.name}); choose another --out "
+            raise UsageError(f"--out would overwrite the {what} {source} ({written.name}); choose another --out "
                              "(to go on from a run, use --resume)")
+
+
+def _refuse_init_conflicts(args: argparse.Namespace) -> None:
+    """``--init`` gives the weights and starts a new run: not with ``--weights`` or ``--resume``."""
+    if args.init and args.resume:
+        raise UsageError("--init starts a new run from a model and --resume goes on with a run (which records "
+                         "where it started): pass one of them")
+    if args.init and args.weights not in (None, DEFAULTS["weights"]):
+        raise UsageError(f"--init gives the weights; drop --weights {args.weights}")
 
 
 @dataclass(frozen=True)
@@ -302,8 +319,9 @@ def load_data(folders: ImageFolders, settings: Settings, device: torch.device, w
     the same for any number of processes; with one process it is the whole permutation.
     """
     side, resize = settings.image_size, resize_for(settings.image_size)
-    train_set = ImageFiles(folders.train, train_transform(side=side, resize=resize, augment=settings.augment))
-    val_set = ImageFiles(folders.val, eval_transform(side=side, resize=resize))
+    norm = dict(mean=settings.mean, std=settings.std)
+    train_set = ImageFiles(folders.train, train_transform(side=side, resize=resize, augment=settings.augment, **norm))
+    val_set = ImageFiles(folders.val, eval_transform(side=side, resize=resize, **norm))
     cuda = device.type == "cuda"
     common = dict(batch_size=settings.batch_size, num_workers=settings.workers, collate_fn=collate_readable,
                   pin_memory=cuda, persistent_workers=cuda and settings.workers > 0)
@@ -347,41 +365,46 @@ def run(args: argparse.Namespace) -> int:
     world = World.from_env()
     if not world.is_main:
         logging.getLogger().setLevel(logging.ERROR)  # one voice: rank 0's
+    _refuse_init_conflicts(args)
     resumed = load_checkpoint(Path(args.resume)) if args.resume else None
-    settings = resolve_settings(args, resumed, world)
+    init = find_init(Path(args.init)) if args.init else None
+    settings = resolve_settings(args, resumed, world, init)
     if resumed is not None:
         check_resumable(resumed, Path(args.resume))
     files = RunFiles.beside(Path(settings.out))
     _check_writable(files.best.parent)
-    _refuse_overwriting_weights(files, settings.weights)
+    _refuse_overwriting_weights(files, settings.weights, "--init checkpoint" if init else "--weights file")
     files.refuse_foreign()
     device = pick_device(settings.device)
     if settings.sync_bn and world.distributed and device.type != "cuda":
         raise UsageError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU")
     device = world.start(device)
     try:
-        return _train(args, settings, resumed, files, world, device)
+        return _train(args, settings, resumed, init, files, world, device)
     finally:
         world.stop()
 
 
-def _train(args: argparse.Namespace, settings: Settings, resumed: Optional[Mapping[str, Any]], files: RunFiles,
-           world: World, device: torch.device) -> int:
+def _train(args: argparse.Namespace, settings: Settings, resumed: Optional[Mapping[str, Any]],
+           init: Optional[InitModel], files: RunFiles, world: World, device: torch.device) -> int:
     say = print if world.is_main else _silent
     arch = get_arch(settings.arch)
     if world.is_main:
         files.remove_stale_temporaries()
-    folders = find_image_folders(Path(settings.data), val_fraction=settings.val_fraction, seed=settings.seed)
-    if resumed is not None and folders.classes != list(resumed["classes"]):
-        raise UsageError(f"the classes in {settings.data} are not the checkpoint's ("
-                         f"{_class_difference(folders.classes, resumed['classes'])})")
+    start = resumed.get("init") if resumed is not None else (init.record() if init is not None else None)
+    order = resumed["classes"] if resumed is not None else (init.classes if init is not None else None)
+    folders = find_image_folders(Path(settings.data), val_fraction=settings.val_fraction, seed=settings.seed,
+                                 class_order=order)
+    if resumed is not None:
+        _check_resumed_classes(folders, resumed, settings.data)
     if world.is_main:
         _report_skipped(folders)
+        _report_missing(folders, start)
     train_loader, val_loader = load_data(folders, settings, device, world)
     val_sample = spread_across_classes(folders.val, VERIFY_IMAGES)
     precision = pick_precision(settings.amp, device)
 
-    model, source = _initial_model(arch, len(folders.classes), settings, resumed, args.resume)
+    model, source = _initial_model(arch, folders.classes, settings, resumed, args.resume, init)
     model.to(device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)
     trainable = [p for p in model.parameters() if p.requires_grad]
     lr_scale = float(world.size) if settings.scale_lr else 1.0
@@ -398,6 +421,8 @@ def _train(args: argparse.Namespace, settings: Settings, resumed: Optional[Mappi
         return EXIT_OK
 
     say(folders.describe())
+    if init is not None:
+        say(f"started from {init.describe()}; labels: {label_changes(folders.classes, init.classes, init.path.name)}")
     say(f"{arch.name} from {source}, {settings.image_size} px (resize {resize_for(settings.image_size)}), "
         f"mode {_mode_text(settings)}, {sum(p.numel() for p in trainable):,} trainable parameters, on {device}, "
         f"{precision.describe()}" + (f", {_world_text(settings, world, lr_scale)}" if world.distributed else ""))
@@ -419,7 +444,7 @@ def _train(args: argparse.Namespace, settings: Settings, resumed: Optional[Mappi
             improved = progress.record(row, train_stats.steps)
             if world.is_main:
                 ckpt = make_checkpoint(model, optimizer, scheduler, settings, folders, val_sample, progress,
-                                       world=world, lr_scale=lr_scale, scaler=scaler)
+                                       world=world, lr_scale=lr_scale, scaler=scaler, init=start)
                 written |= _save_epoch(ckpt, improved, files, model, val_sample, folders, settings, device, progress)
             say(_row(progress.history[-1], improved), flush=True)
     except KeyboardInterrupt:
@@ -432,15 +457,18 @@ def _train(args: argparse.Namespace, settings: Settings, resumed: Optional[Mappi
     return EXIT_OK
 
 
-def _initial_model(arch: Arch, num_classes: int, settings: Settings, resumed: Optional[Mapping[str, Any]],
-                   resume: Optional[Path]) -> Tuple[nn.Module, str]:
+def _initial_model(arch: Arch, classes: Sequence[str], settings: Settings, resumed: Optional[Mapping[str, Any]],
+                   resume: Optional[Path], init: Optional[InitModel] = None) -> Tuple[nn.Module, str]:
     """The model every process starts from (the same seed, so the same initialisation), frozen as asked."""
     torch.manual_seed(settings.seed)
-    if resumed is None:
-        model, source = create_model(arch, num_classes, settings.weights)
-    else:
-        model, source = build_model(arch.name, num_classes), f"checkpoint {resume}"
+    if resumed is not None:
+        model, source = build_model(arch.name, len(classes)), f"checkpoint {resume}"
         _load_exactly(model, resumed["model"], resume)
+    elif init is not None:
+        model, source = build_model(arch.name, len(classes)), f"--init {init.path.name}, head rows by label"
+        _load_exactly(model, init_state(model, arch, init, classes), init.path)
+    else:
+        model, source = create_model(arch, len(classes), settings.weights)
     freeze_layers(model, arch, settings.mode, settings.freeze)
     _check_input_size(model, arch, settings.image_size)
     return model, source
@@ -515,8 +543,10 @@ def _save_epoch(ckpt: Mapping[str, Any], improved: bool, files: RunFiles, model:
 
 def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, settings: Settings,
                     folders: ImageFolders, val_sample: Sequence[Tuple[Path, int]], progress: Progress, *,
-                    world: World = World(), lr_scale: float = 1.0, scaler: Any = None) -> Dict[str, Any]:
-    """The dict ``load_checkpoint`` reads back: plain types and tensors only, the weights FP32 and contiguous."""
+                    world: World = World(), lr_scale: float = 1.0, scaler: Any = None,
+                    init: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The dict ``load_checkpoint`` reads back: plain types and tensors only, the weights FP32 and contiguous.
+    ``init``: where an ``--init`` run started (``InitModel.record``), kept by its resumed runs."""
     from .. import __version__
 
     return {
@@ -528,8 +558,8 @@ def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         "input_side": settings.image_size,
         "resize_side": resize_for(settings.image_size),
         "interpolation": DEFAULT_INTERPOLATION,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(settings.mean),
+        "std": list(settings.std),
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
@@ -547,17 +577,25 @@ def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         "skipped_images": len(folders.skipped),
         "edge_classifier_version": __version__,
         "torch_version": str(torch.__version__),  # a TorchVersion would not load with weights_only
+        **({"init": dict(init)} if init else {}),
     }
 
 
-def resolve_settings(args: argparse.Namespace, resumed: Optional[Mapping[str, Any]], world: World = World()
-                     ) -> Settings:
-    """Flags > the resumed checkpoint's settings > defaults; a resumed run may change only a few, and never
-    takes its output path or how to run on this machine from the checkpoint."""
+def resolve_settings(args: argparse.Namespace, resumed: Optional[Mapping[str, Any]], world: World = World(),
+                     init: Optional[InitModel] = None) -> Settings:
+    """Flags > the resumed checkpoint's settings (or the --init model's) > defaults; a resumed run may change
+    only a few, and never takes its output path or how to run on this machine from the checkpoint; a run from
+    --init keeps its model's architecture, input side and mean/std."""
     saved = _saved_settings(resumed, args.resume) if resumed is not None else {}
+    if resumed is not None:  # checked by load_checkpoint; runs from before mean/std were settings lack them
+        saved.update(mean=tuple(resumed["mean"]), std=tuple(resumed["std"]))
+    inherited = init.settings() if init is not None else {}
     values: Dict[str, Any] = {}
     for name in (f.name for f in fields(Settings)):
         given = getattr(args, name, None)
+        if name in inherited and given is not None and given != inherited[name]:
+            raise UsageError(f"--{name.replace('_', '-')} {given} differs from the --init model's {inherited[name]}; "
+                             "a run from --init keeps its model's architecture and input size")
         if name in saved and given is not None and name not in CHANGEABLE_ON_RESUME and given != saved[name]:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} {given} differs from the resumed run's {saved[name]}; a resumed run keeps its "
@@ -568,7 +606,9 @@ def resolve_settings(args: argparse.Namespace, resumed: Optional[Mapping[str, An
         elif name in saved and name not in NOT_FROM_CHECKPOINT:
             values[name] = saved[name]
         else:
-            values[name] = DEFAULTS[name]
+            values[name] = inherited.get(name, DEFAULTS[name])
+    if init is not None:
+        values["weights"] = str(init.path.absolute())  # what it starts from (--weights pretrained is all it allows)
     if values["out"] is None and args.resume:
         values["out"] = str(default_out_for_resume(Path(args.resume)))
     for name in ("data", "out"):
@@ -676,7 +716,7 @@ def _write_grid(path: Path, model: nn.Module, sample: Sequence[Tuple[Path, int]]
     """The sample's crops with the model's predictions (the model is left in eval mode)."""
     side, resize = settings.image_size, resize_for(settings.image_size)
     crop = eval_crop(side=side, resize=resize)
-    to_input = to_normalised_tensor()
+    to_input = to_normalised_tensor(mean=settings.mean, std=settings.std)
     crops, true = [], []
     for image_path, target in sample:
         try:
@@ -723,6 +763,22 @@ def _print_summary(progress: Progress, files: RunFiles, written: set, first: int
     print("wrote " + ", ".join(others))
     print(f"next: edge-export --checkpoint {files.last} --out {files.best.with_suffix('.onnx').name} "
           "(the latest epoch), or train on with --resume")
+
+
+def _check_resumed_classes(folders: ImageFolders, resumed: Mapping[str, Any], data: str) -> None:
+    """The resumed run's classes, in its order: a class may lack a folder only when its --init model had it."""
+    may_miss = set((resumed.get("init") or {}).get("classes", ()))
+    if folders.classes != list(resumed["classes"]) or not set(folders.missing) <= may_miss:
+        found = [name for name in folders.classes if name not in folders.missing]
+        raise UsageError(f"the classes in {data} are not the checkpoint's "
+                         f"({_class_difference(found, resumed['classes'])})")
+
+
+def _report_missing(folders: ImageFolders, start: Optional[Mapping[str, Any]]) -> None:
+    if folders.missing and start:
+        log.warning("no images of %s in %s: kept in the model from %s (their head rows copied), but training "
+                    "without them makes the model name them less often", ", ".join(folders.missing), folders.root,
+                    start["file"])
 
 
 def _class_difference(found: Sequence[str], saved: Sequence[str]) -> str:
