@@ -132,7 +132,7 @@ def disk_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def review_with_truth(root: Path, entries: Collected, truth: np.ndarray) -> Dict[str, int]:
+def review_with_truth(root: Path, entries: Collected, truth: np.ndarray, *_model_and_video) -> Dict[str, int]:
     """A reviewer who knows the answers: confirm the right guesses, relabel the wrong ones (edge.collect.folder.decide)."""
     from edge.collect.folder import decide
 
@@ -165,7 +165,9 @@ def accuracy(model: Path, images: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([g == f"digit{t}" for g, t in zip(guesses, truth)]))
 
 
-def main(argv: Sequence[str] = None) -> Dict[str, object]:
+def main(argv: Sequence[str] = None, reviewer=None) -> Dict[str, object]:
+    """The whole loop; ``reviewer(DIR, entries, truth, model, video)`` takes the decisions (default: the functions
+    ``edge-collect`` and /review call; tests/test_collect.py passes one that clicks through /review in Chromium)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-per-class", type=int, default=40)
     parser.add_argument("--stream", type=int, default=600)
@@ -193,7 +195,7 @@ def main(argv: Sequence[str] = None) -> Dict[str, object]:
     with_collect = max((uncertain_loop, again), key=lambda r: r["fps"])
     used = disk_bytes(work / "u" / "unreviewed")
 
-    reviewed = review_with_truth(work / "u", uncertain, truth)
+    reviewed = (reviewer or review_with_truth)(work / "u", uncertain, truth, weak, video)
     collected_images = images[stream][[e["frame"] for e in uncertain]]
     collected_truth = truth[[e["frame"] for e in uncertain]]
     better = train_and_export(merge(work / "retrain", [work / "small", work / "u" / "labelled"]),

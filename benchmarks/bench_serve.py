@@ -86,44 +86,39 @@ def viewers_main(port: int, count: int) -> None:
 
 def run_loop(classifier, video: Path, serve: bool, viewers: int, serve_fps: float) -> Dict[str, float]:
     """The real loop over the whole file; FPS, CPU ms per frame, encodes and the viewers' delays."""
-    from edge.cli import build_parser
-    from edge.pipeline import StreamOptions, StreamOutput, classify_frames
-    from edge.service.notify import Notifier
-    from edge.sinks.web import LiveView
+    from edge import pipeline
+    from edge.sinks.console import ConsoleSink
+    from edge.sinks.web import LiveView, ServeOptions
+    from edge.settings import Settings
     from edge.sources.capture import Grabber, open_capture, parse_source
 
     port = free_port()
-    flags = ["--serve", f"127.0.0.1:{port}", "--serve-fps", str(serve_fps)] if serve else []
-    args = build_parser().parse_args(["--model", "m.onnx", "--source", str(video), "--stats-interval", "0", "-q",
-                                      *flags])
-    options = StreamOptions.from_args(args)
-    stop = threading.Event()
+    settings = Settings(model=Path("m.onnx"), source=str(video), stats_interval=0, quiet=True,
+                        serve=f"127.0.0.1:{port}" if serve else None, serve_fps=serve_fps)
     spec = parse_source(source=str(video))
     grabber = Grabber(spec, open_capture)
-    grabber.open_first()
-    live = LiveView.open(options.serve, spec.name, classifier)
+    live = LiveView.open(ServeOptions.from_args(settings), spec.name, classifier) if serve else None
     client = None
-    if live is not None:
+
+    def open_sinks() -> List:
+        nonlocal client
+        if live is None:
+            return [ConsoleSink(False, 1, every_result=False)]
         live.watch(grabber)
-        if viewers:
+        if viewers:  # the viewers connect before the first frame, so every frame is offered to them
             client = subprocess.Popen([sys.executable, __file__, "--viewers", str(port), str(viewers)],
                                       stdout=subprocess.PIPE, universal_newlines=True)
             while live.viewers < viewers:
                 time.sleep(0.01)
-    output = StreamOutput(options, spec.name, stop, video_fps=lambda: 30.0)
+        return [ConsoleSink(False, 1, every_result=False), live]
+
+    times = pipeline.StageTimes()
     cpu = time.process_time()
-    grabber.start()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            times = classify_frames(classifier, grabber, output, options, Notifier.from_environment(), stop,
-                                    live=live)
-        cpu = time.process_time() - cpu
-    finally:
-        grabber.close()
-        output.close()
-        if live is not None:
-            encodes, encode_s = live.encodes, live.encode_s
-            live.close()
+    with contextlib.redirect_stdout(io.StringIO()):
+        pipeline.run(settings, classifier, grabber, open_sinks, times=times)
+    cpu = time.process_time() - cpu
+    encodes = live.encodes if live is not None else 0
+    encode_s = live.encode_s if live is not None else 0.0
     delays: List[float] = []
     received = 0
     if client is not None:
@@ -131,9 +126,8 @@ def run_loop(classifier, video: Path, serve: bool, viewers: int, serve_fps: floa
         received = sum(len(d) for d in per_viewer)
         delays = [x for d in per_viewer for x in d]
     return {"fps": times.fps(), "cpu_ms": cpu * 1e3 / max(times.frames, 1), "frames": times.frames,
-            "output_ms": statistics.median(times.history["output"]),
-            "encodes": encodes if live is not None else 0, "received": received,
-            "encode_ms": encode_s * 1e3 / encodes if live is not None and encodes else float("nan"),
+            "output_ms": statistics.median(times.history["output"]), "encodes": encodes, "received": received,
+            "encode_ms": encode_s * 1e3 / encodes if encodes else float("nan"),
             "delay_p50": statistics.median(delays) if delays else float("nan"),
             "delay_p95": sorted(delays)[int(0.95 * (len(delays) - 1))] if delays else float("nan")}
 

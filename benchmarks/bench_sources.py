@@ -108,9 +108,11 @@ class Process:
         return 0.0
 
     def stop(self) -> str:
+        """SIGTERM, then its stderr (stdout stays the reader thread's until the end)."""
         self.popen.send_signal(signal.SIGTERM)
-        _, err = self.popen.communicate(timeout=30)
-        return err
+        self.popen.wait(30)
+        self.reader.join(10)
+        return self.popen.stderr.read()
 
 
 def measure(commands: List[List[str]], names: List[str], seconds: float) -> Dict[str, object]:
@@ -145,14 +147,25 @@ def measure(commands: List[List[str]], names: List[str], seconds: float) -> Dict
 def configurations(kind: str, count: int, model: Path, video: Path, port: int, folder: Path,
                    extra: Sequence[str]) -> Tuple[List[List[str]], List[List[str]], List[str], List[str]]:
     """(one process's command, one command per source, the names the one process prints, the separate ones')."""
-    uris = [str(video)] * count if kind == "files" else [f"http://127.0.0.1:{port}/cam{i}.mjpg" for i in range(count)]
+    if kind == "files":  # a file per source (links to one video), so each process's records name its own
+        uris = [str(_link(video, folder / f"{video.stem}-{i}{video.suffix}")) for i in range(count)]
+    else:
+        uris = [f"http://127.0.0.1:{port}/cam{i}.mjpg" for i in range(count)]
     loop = ["--loop"] if kind == "files" else []
     names = [f"s{i}" for i in range(count)]
     listed = folder / f"{kind}-{count}.txt"
     listed.write_text("".join(f"{name}={uri}\n" for name, uri in zip(names, uris)))
-    one = [["--model", str(model), "--sources", str(listed), "--max-batch", str(count), *loop, *extra]]
     separate = [["--model", str(model), "--source", uri, *loop, *extra] for uri in uris]
-    return one, separate, (names if count > 1 else [uris[0]]), uris
+    if count == 1:  # one source: the same run either way
+        return separate, separate, uris, uris
+    one = [["--model", str(model), "--sources", str(listed), "--max-batch", str(count), *loop, *extra]]
+    return one, separate, names, uris
+
+
+def _link(target: Path, link: Path) -> Path:
+    if not link.exists():
+        os.link(str(target), str(link))
+    return link
 
 
 def main() -> None:

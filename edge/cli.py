@@ -312,7 +312,10 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
                            entry.name, entry.roi, settings.smooth) for entry, spec in zip(entries, specs)]
     if times is not None:
         lanes[0].times = times
-    slot = _model_slot(settings, classifier, plan, model)
+    batch = _fixed_batch(classifier, len(lanes), settings.max_batch)
+    if batch:
+        classifier.fix_batch(batch)
+    slot = _model_slot(settings, classifier, plan, model, batch)
 
     def open_sinks() -> List:
         return _stream_sinks(settings, classifier, lanes, outputs, stop, slot)
@@ -410,7 +413,15 @@ def _stream_sinks(settings: Settings, classifier: Any, lanes: List, outputs: Lis
     return sinks
 
 
-def _model_slot(settings: Settings, classifier: Any, plan: Concurrency, model: Optional[Path]) -> Any:
+def _fixed_batch(classifier: Any, sources: int, max_batch: int) -> Optional[int]:
+    """The one batch size to run with several sources where the runtime builds per shape (TensorRT), else None."""
+    if sources < 2 or classifier.max_batch < 2 or "tensorrt" not in classifier.backend.provider.lower():
+        return None
+    return min(sources, max_batch)
+
+
+def _model_slot(settings: Settings, classifier: Any, plan: Concurrency, model: Optional[Path],
+                batch: Optional[int] = None) -> Any:
     """Where a reloaded model comes from (SIGHUP, systemctl reload, --watch-model): edge.model.swap."""
     if model is None:
         return None
@@ -418,9 +429,12 @@ def _model_slot(settings: Settings, classifier: Any, plan: Concurrency, model: O
     from edge.model.swap import ModelSlot
 
     def load(path: Path) -> Any:
-        return Classifier.open(path, backend=settings.backend, device=settings.device, labels=settings.labels,
-                               topk=settings.topk, threads=settings.threads, spare_cores=plan.spare_cores,
-                               crop=settings.crop)
+        loaded = Classifier.open(path, backend=settings.backend, device=settings.device, labels=settings.labels,
+                                 topk=settings.topk, threads=settings.threads, spare_cores=plan.spare_cores,
+                                 crop=settings.crop)
+        if batch and loaded.max_batch > 1:  # a swapped-in model's engine is built for the same batch, off the loop
+            loaded.fix_batch(batch)
+        return loaded
 
     return ModelSlot.from_environment(classifier, model, load, settings)
 

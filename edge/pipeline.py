@@ -344,18 +344,21 @@ class Loop:
 
     def infer(self, ready: List[Tuple[Lane, Frame]]) -> List[Any]:
         """A prediction (or the exception it raised) per frame: several as one batch where the model takes one."""
-        if len(ready) > 1 and self.classifier.max_batch >= len(ready):
+        classifier = self.classifier
+        if len(ready) > 1 and classifier.max_batch >= len(ready):
             try:
-                return list(self.classifier.classify_many([f.image for _, f in ready], [lane.roi for lane, _ in ready]))
+                return list(classifier.classify_many([f.image for _, f in ready], [lane.roi for lane, _ in ready]))
             except (EdgeError, ValueError, cv2.error, MemoryError):
                 pass  # one frame spoils the batch: each on its own below, so only that one fails
         outcomes: List[Any] = []
         for lane, frame in ready:
             try:
                 if frame.batch is not None:
-                    outcomes.append(self.classifier.classify_prepared(frame.batch, frame.ms))
+                    outcomes.append(classifier.classify_prepared(frame.batch, frame.ms))
+                elif classifier.fixed_batch:  # the one batch shape the engine was built for
+                    outcomes.append(classifier.classify_many([frame.image], [lane.roi])[0])
                 else:
-                    outcomes.append(self.classifier.classify(frame.image, lane.roi))
+                    outcomes.append(classifier.classify(frame.image, lane.roi))
             except (EdgeError, OSError, ValueError, cv2.error, MemoryError) as exc:
                 outcomes.append(exc)
         return outcomes

@@ -142,6 +142,11 @@ def nvinfer_config(model_path: Path, labels_path: Path, target: Target, precisio
     return "\n".join(lines) + "\n"
 
 
+# The engine's batch profile: 1 frame up to edge-classify's default --max-batch (several sources), tuned for 4.
+TRT_OPT_BATCH = 4
+TRT_MAX_BATCH = 8
+
+
 def run_commands(model_path: Path, target: Target, input_side: int, precision: str) -> List[str]:
     """The command lines that run ``model_path`` in ``target``'s runtime (its files named as written)."""
     model = shlex.quote(str(model_path))
@@ -157,8 +162,10 @@ def run_commands(model_path: Path, target: Target, input_side: int, precision: s
     if target.name == "tensorrt":
         engine = shlex.quote(str(side_file(model_path, ".engine")))
         fp16 = " --fp16" if precision == "fp16" else ""
-        return [f"trtexec --onnx={model} --saveEngine={engine} "
-                f"--shapes={target.input_name}:1x3x{input_side}x{input_side}{fp16}",
+        shape = f"x3x{input_side}x{input_side}"
+        return [f"trtexec --onnx={model} --saveEngine={engine} --minShapes={target.input_name}:1{shape} "
+                f"--optShapes={target.input_name}:{TRT_OPT_BATCH}{shape} "
+                f"--maxShapes={target.input_name}:{TRT_MAX_BATCH}{shape}{fp16}",
                 f"edge-classify --model {model} --image photo.jpg"]
     return [f"edge-classify --model {model} --image photo.jpg"]
 

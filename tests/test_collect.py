@@ -410,6 +410,49 @@ def test_review_page_confirms_relabels_and_discards_in_a_browser(photo_onnx, vid
 # -- the loop closed: video -> collect -> review -> edge-train on DIR/labelled -> edge-export -> a better model
 
 
+def review_in_the_browser(root: Path, entries: List[Dict], truth, model: Path, video: Path) -> Dict[str, int]:
+    """A reviewer who knows the answers, at the /review page in headless Chromium: a right guess is selected
+    and confirmed with the c key, a wrong one relabelled by typing the true label and Enter."""
+    from mqtt_broker import free_port
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_live_view import Running, browser, get, wait_until_served
+
+    right = {Path(e["file"]).name: f"digit{truth[e['frame']]}" for e in entries}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    running = Running("--model", model, "--source", video, "--loop", "--serve", f"127.0.0.1:{port}", "--collect",
+                      root, "--collect-when", "label=none-of-these", "--stats-interval", 0)
+    driver, done = None, {"confirm": 0, "relabel": 0}
+    try:
+        wait_until_served(base + "/api/review", running)
+        names = {f["id"]: f["name"] for f in json.loads(get(base + "/api/review")[2])["frames"]}
+        driver = browser()
+        driver.get(base + "/review")
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        while True:
+            cards = driver.find_elements(By.CSS_SELECTOR, ".card")
+            if not cards:
+                break
+            card = cards[0]
+            truth_label = right[names[card.get_attribute("data-id")]]
+            if card.get_attribute("data-label") == truth_label:
+                card.click()
+                driver.find_element(By.TAG_NAME, "body").send_keys("c")
+                done["confirm"] += 1
+            else:
+                card.find_element(By.CSS_SELECTOR, ".relabel-to").send_keys(truth_label + Keys.ENTER)
+                done["relabel"] += 1
+            WebDriverWait(driver, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) < len(cards))
+    finally:
+        if driver is not None:
+            driver.quit()
+        running.stop()
+    assert not unreviewed(root) and sum(done.values()) == len(names)
+    return done
+
+
 @pytest.mark.slow
 def test_training_on_the_reviewed_frames_fixes_the_mistakes_collected(tmp_path):
     import sys
@@ -417,7 +460,8 @@ def test_training_on_the_reviewed_frames_fixes_the_mistakes_collected(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_collect
 
-    r = bench_collect.main(["--train-per-class", "30", "--epochs", "4", "--stream", "300", "--work", str(tmp_path)])
-    assert r["kept_uncertain"] > 20 and r["reviewed"]["relabel"] > 0
+    r = bench_collect.main(["--train-per-class", "30", "--epochs", "4", "--stream", "300", "--work", str(tmp_path)],
+                           reviewer=review_in_the_browser)
+    assert r["kept_uncertain"] > 20 and r["reviewed"]["relabel"] > 0 and r["reviewed"]["confirm"] > 0
     assert r["mistakes_uncertain"] > r["mistakes_random"]
     assert r["collected_acc_after"] > r["collected_acc_before"] + 0.2

@@ -129,6 +129,48 @@ def test_a_batch_gives_what_each_frame_gives_alone(photo_onnx, photos):
         assert set(batched.ms) == {"preprocess", "infer", "topk"}
 
 
+class ShapeRecorder:
+    """A backend stand-in that records the batch sizes it is run with (as TensorRT builds an engine per shape)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.shapes = inner, []
+        for name in ("metadata", "input_shape", "input_dtype", "num_classes", "provider"):
+            setattr(self, name, getattr(inner, name))
+
+    def run(self, batch):
+        self.shapes.append(batch.shape[0])
+        return self.inner.run(batch)
+
+
+def test_a_fixed_batch_pads_short_batches_and_keeps_each_answer(photo_onnx, photos):
+    classifier = Classifier.open(photo_onnx, topk=2)
+    recorder = ShapeRecorder(classifier.backend)
+    classifier.backend = recorder
+    frames = [np.ascontiguousarray(photos[n][..., ::-1]) for n in ("chelsea", "coffee", "rocket")]
+    loose = classifier.classify_many(frames[:2])
+    classifier.fix_batch(3)
+    padded = classifier.classify_many(frames[:2]) + classifier.classify_many(frames[2:])
+    assert recorder.shapes == [2, 3, 3, 3]  # loose, the warm-up at the fixed size, then two padded batches
+    assert [p.label for p in padded] == [p.label for p in loose] + [classifier.classify(frames[2]).label]
+    np.testing.assert_allclose(padded[0].probabilities, loose[0].probabilities, atol=1e-5)
+
+
+def test_only_tensorrt_with_several_sources_gets_a_fixed_batch():
+    from types import SimpleNamespace
+
+    from edge.cli import _fixed_batch
+
+    def fake(provider: str, max_batch: int = 64):
+        return SimpleNamespace(backend=SimpleNamespace(provider=provider), max_batch=max_batch)
+
+    assert _fixed_batch(fake("TensorrtExecutionProvider"), 3, 8) == 3
+    assert _fixed_batch(fake("TensorrtExecutionProvider"), 12, 8) == 8
+    assert _fixed_batch(fake("TensorrtExecutionProvider"), 1, 8) is None
+    assert _fixed_batch(fake("TensorrtExecutionProvider", max_batch=1), 3, 8) is None  # a fixed-batch graph
+    assert _fixed_batch(fake("CUDAExecutionProvider"), 3, 8) is None
+    assert _fixed_batch(fake("CPUExecutionProvider"), 3, 8) is None
+
+
 def test_two_videos_in_one_process_every_frame_of_each_in_order(photo_onnx, videos, capsys, tmp_path):
     code = main(["--model", str(photo_onnx), "--source", f"door={videos['door']}", "--source", str(videos["yard"]),
                  "--json", "--stats-interval", "0", "--output", str(tmp_path / "out.avi")])

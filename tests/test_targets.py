@@ -251,7 +251,9 @@ def test_tensorrt_target_has_no_uint8_and_edge_classify_runs_it(tmp_path, weight
     trtexec = next(line.strip() for line in printed.splitlines() if line.strip().startswith("trtexec "))
     flags = dict(arg.split("=", 1) for arg in shlex.split(trtexec)[1:] if "=" in arg)
     assert Path(flags["--onnx"]) == out and "--fp16" in trtexec
-    assert flags["--shapes"] == f"{graph_input.name}:1x3x224x224"
+    assert [flags[f"--{k}Shapes"] for k in ("min", "opt", "max")] == [
+        f"{graph_input.name}:{n}x3x224x224" for n in (1, 4, 8)]  # a batch profile: several sources, one engine
+    assert graph_input.type.tensor_type.shape.dim[0].dim_param  # the graph's batch axis is dynamic
     code = classify_main(["--model", str(out), "--image", str(photo_dir), "--json"])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and len(records) == len(photo_model[1])

@@ -108,6 +108,7 @@ class Classifier:
         # A graph with a dynamic batch axis takes several frames in one run (several sources); a fixed one, one.
         first = (getattr(backend, "input_shape", None) or [None])[0]
         self.max_batch = 1 if isinstance(first, int) else MAX_BATCH
+        self.fixed_batch: Optional[int] = None  # every batch padded to this size (see fix_batch)
 
     @classmethod
     def open(cls, model: Path, *, backend: str = "auto", device: str = "auto", labels: Optional[Path] = None,
@@ -154,6 +155,18 @@ class Classifier:
         except ClassifyError as exc:
             raise ClassifyError(f"the model fails on a test input: {exc}") from None
 
+    def fix_batch(self, size: int) -> None:
+        """Run every :meth:`classify_many` batch at ``size`` frames (short ones padded), and once now.
+
+        For TensorRT (through onnxruntime), which builds an engine per input shape it meets: with batches of
+        1 to N frames, each new size would build another mid-run, minutes on a Nano while every source waits.
+        One size, built here at load (before READY), is all the run ever uses; the padding costs GPU time
+        only, which a batch shares.
+        """
+        self.fixed_batch = min(max(size, 1), self.max_batch)
+        side = self.spec.input_side
+        self.classify_many([np.zeros((side, side, 3), np.uint8)])
+
     @property
     def crop(self) -> str:
         """``--crop``: how each frame becomes the model's square."""
@@ -198,11 +211,14 @@ class Classifier:
             started = time.perf_counter()
             inputs.append(self.prepare(frame, roi)[0])
             prepared_ms.append((time.perf_counter() - started) * 1e3)
+        padding = max(0, (self.fixed_batch or 0) - len(inputs))
         started = time.perf_counter()
-        logits = self.backend.run(np.stack(inputs))
+        logits = self.backend.run(np.stack(inputs + [inputs[0]] * padding))
         infer_ms = (time.perf_counter() - started) * 1e3
-        if np.shape(logits) != (len(inputs), self.spec.num_classes):
-            raise ClassifyError(f"the model gives outputs of shape {list(np.shape(logits))} for {len(inputs)} images")
+        if np.shape(logits) != (len(inputs) + padding, self.spec.num_classes):
+            raise ClassifyError(f"the model gives outputs of shape {list(np.shape(logits))} for "
+                                f"{len(inputs) + padding} images")
+        logits = logits[:len(inputs)]
         predictions = []
         for row, preprocess_ms in zip(logits, prepared_ms):
             started = time.perf_counter()
