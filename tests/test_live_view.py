@@ -200,6 +200,7 @@ def test_the_page_shows_the_live_picture_and_the_label_of_the_json_line(photo_on
     assert "live view on http://127.0.0.1:" in err
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_beyond_loopback_only_with_a_token(photo_onnx, video):
     """Refused at start without EDGE_SERVE_TOKEN (one line, exit 2, before the model loads); with it, each
     request needs it: 401 without, 403 wrong. The server's connections are bounded: idle ones past the bound
@@ -314,6 +315,7 @@ def test_service_install_passes_serve_on_and_keeps_the_token_in_the_0600_file(tm
     assert "s3cret" not in (tmp_path / "root/etc/systemd/system/edge-classify.service").read_text()
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_viewers_share_one_encode_and_a_stalled_viewer_holds_up_no_one(tmp_path):
     """In process: frames handed over at ~100 fps; JPEGs are encoded at most --serve-fps a second whoever
     watches, two reading viewers get them, and a third that never reads delays neither them nor the loop."""

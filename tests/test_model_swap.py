@@ -428,6 +428,7 @@ def adopted(slot, timeout: float = 10.0):
     return None
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_watch_model_swaps_when_the_file_is_replaced_and_tells_every_listener(tmp_path):
     from edge.model.swap import ModelSlot, file_sha256
 

@@ -149,6 +149,7 @@ def test_every_frame_reaches_a_subscriber_and_the_metrics_parse(broker_factory, 
         assert f"`{name}" in readme, name
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour_model, clip, tmp_path, monkeypatch):
     """The broker stops while frames keep coming; after it is back every frame has arrived, in order of first
     arrival, duplicates (QoS 1) counted; meanwhile the metrics show the spool filling."""
@@ -165,7 +166,7 @@ def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour
          "--metrics-port", str(metrics_port), "--json", "--stats-interval", "0"])
     unpaced = Classifier.classify
     monkeypatch.setattr(Classifier, "classify",  # a camera's pace, not a file's
-                        lambda self, image: (time.sleep(0.003), unpaced(self, image))[1])
+                        lambda self, image, roi=None: (time.sleep(0.003), unpaced(self, image, roi))[1])
 
     stop = threading.Event()
     printed: List[str] = []
@@ -241,6 +242,7 @@ def test_a_wrong_password_is_one_line_and_exit_2_the_right_one_publishes(broker_
     assert [m["frame"] for m in subscriber.labels()] == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_a_broker_that_is_down_at_start_gets_the_results_later(broker_factory, colour_model, clip, tmp_path):
     """Down at start: the run goes on and spools; the next run (broker up) sends those first, in order."""
     broker = broker_factory()
@@ -281,6 +283,7 @@ def make_certificates(folder: Path) -> Dict[str, Path]:
     return files
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_mqtts_verifies_the_broker_with_the_given_ca(broker_factory, colour_model, clip, tmp_path):
     certificates = make_certificates(tmp_path)
     tls_port = free_port()
@@ -573,6 +576,7 @@ def test_sigterm_while_the_broker_never_acknowledges_ends_within_a_second(colour
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_a_damaged_spool_entry_is_dropped_and_counted_and_the_rest_is_sent(broker_factory, colour_model, clip,
                                                                           tmp_path):
     """Left from an earlier run: a message whose topic holds a wildcard (it can never be sent) between two good
@@ -638,6 +642,7 @@ def publisher_cpu_s() -> float:
     return total / ticks
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_a_full_disk_loses_only_the_new_message_and_sending_resumes(broker_factory, tiny_filesystem):
     from edge.sinks.mqtt import Credentials, Publisher, parse_url
 
@@ -671,6 +676,7 @@ def test_a_full_disk_loses_only_the_new_message_and_sending_resumes(broker_facto
     assert (publisher.stats.sent, publisher.stats.queued, publisher.stats.dropped) == (len(kept), 0, dropped)
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_nothing_is_lost_when_the_process_is_killed(broker_factory, colour_model, clip, tmp_path):
     """kill -9 while the broker is away: every result it had printed is in the spool, and the next run sends it."""
     broker = broker_factory()

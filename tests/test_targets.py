@@ -173,6 +173,7 @@ def test_jetson_inference_file_folds_in_a_models_own_statistics(tmp_path, photo_
     assert not np.allclose(expected, eager_probabilities(photo_model[0], pixels), atol=1e-2)  # the stats matter
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_deepstream_file_takes_0_255_pixels_and_config_names_files_that_exist(tmp_path, photo_model, photos,
                                                                                verification_photos):
     loaded = loaded_photo_model(photo_model)

@@ -463,6 +463,7 @@ def test_when_no_epoch_improves_the_summary_says_so(tiny, tmp_path, capsys):
     assert f"edge-export --checkpoint {last}" in out
 
 
+@pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_temporaries_left_by_kill_9_are_removed_by_the_next_run(tiny, tmp_path):
     last = _copy_run(tiny, tmp_path, "k")
     killed = ("import os, signal, sys; from pathlib import Path; from export.train.files import atomic_path\n"
