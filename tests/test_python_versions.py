@@ -62,6 +62,19 @@ def test_the_console_scripts_point_at_the_module_any_python_imports():
     assert scripts["edge-train"] == "export.console:train_main"
 
 
+def test_every_package_of_the_checkout_is_installed():
+    """setup.cfg lists its packages by name: a new folder of modules left out installs without it (an editable
+    install here would not notice; a wheel on a Jetson would fail to import)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(str(REPO / "setup.cfg"))
+    listed = {name.strip() for name in config["options"]["packages"].split(",")}
+    found = {".".join(init.parent.relative_to(REPO).parts) for top in ("edge", "export")
+             for init in (REPO / top).rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
+
+
 def test_without_torch_the_host_commands_name_the_extra(monkeypatch, capsys):
     import export.console
 

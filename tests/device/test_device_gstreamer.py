@@ -51,6 +51,19 @@ def test_a_pipeline_that_ends_gives_every_frame_and_exit_0(bundle):
     assert "reconnect" not in done.err and "gone" not in done.err
 
 
+def test_a_live_pipeline_and_a_finite_one_in_one_process(bundle, tmp_path):
+    """Two GStreamer sources at once: a live test source runs on after a finite one has ended, each named."""
+    listed = tmp_path / "sources.txt"
+    listed.write_text("live=videotestsrc is-live=true ! video/x-raw,framerate=20/1 ! videoconvert ! appsink\n"
+                      "finite=videotestsrc num-buffers=15 ! videoconvert ! appsink\n", encoding="utf-8")
+    done = run("edge-classify", "--quiet", "--json", "--model", bundle.models[MODEL], "--sources", listed,
+               "--max-frames", 30)
+    assert done.code == 0, done.err
+    results = done.json_lines()
+    assert [r["frame"] for r in results if r["source"] == "finite"] == list(range(15))
+    assert len([r for r in results if r["source"] == "live"]) == 30
+
+
 def test_the_clip_through_filesrc_and_decodebin_gives_the_hosts_labels(bundle):
     pipeline = f"filesrc location={bundle.clip} ! decodebin ! videoconvert ! appsink"
     done = run("edge-classify", "--quiet", "--json", "--model", bundle.models[MODEL], "--source", pipeline)
