@@ -13,6 +13,11 @@ milliseconds, frame age p50/p95 and drops; under systemd it reports READY, WATCH
 line (``edge.service.notify``). For a stream, SIGINT and SIGTERM only set an event; the source and
 the sinks are released in ``finally``. A live source whose read hangs past ``STALL_S`` ends the run
 (exit 1): systemd restarts the service with a fresh capture, instead of a thread leaking per hang.
+
+Several sources (``--sources``) are several :class:`Lane` s of one loop: each step takes the newest frame
+of every source that has one, taking turns past ``--max-batch``, and runs them as one batch; each lane
+keeps its own smoothing, times and outputs. A source that fails for good ends alone; one that hangs
+ends alone too, but the watchdog is fed no more, so a service is restarted with fresh captures.
 """
 
 
