@@ -379,7 +379,8 @@ def test_a_missing_extra_names_it(colour_model, clip, tmp_path):
 
 
 def test_topic_names_and_urls():
-    from edge.sinks.mqtt import PublisherError, parse_url, topic_name
+    from edge.sinks.mqtt import PublisherError, parse_url
+    from edge.sources.sourcelist import short_name as topic_name
 
     assert topic_name("csi://0") == "csi0"
     assert topic_name("0") == "camera0"

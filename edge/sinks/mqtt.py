@@ -29,12 +29,10 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import unquote, urlsplit
 
 from edge.sinks.spool import Message, Spool
-from edge.sources.sourcelist import short_name as topic_name  # noqa: F401 (the topic level of a source)
 
 log = logging.getLogger(__name__)
 

@@ -239,7 +239,8 @@ def _open_metrics(options: TelemetryOptions, source: str, classifier: Any) -> An
 
 
 def _open_publisher(options: TelemetryOptions, source: str, stop: Optional[threading.Event]) -> Any:
-    from edge.sinks.mqtt import Credentials, Publisher, PublisherError, parse_url, require_paho, topic_name
+    from edge.sinks.mqtt import Credentials, Publisher, PublisherError, parse_url, require_paho
+    from edge.sources.sourcelist import short_name
     from edge.sinks.spool import Spool, SpoolError
 
     try:
@@ -248,7 +249,7 @@ def _open_publisher(options: TelemetryOptions, source: str, stop: Optional[threa
         if problem:
             raise PublisherError(problem)
         target = parse_url(options.mqtt)
-        name = options.mqtt_name or topic_name(source)
+        name = options.mqtt_name or short_name(source)
         folder = Path(options.mqtt_spool) if options.mqtt_spool else default_spool(name)
         spool = Spool(folder, int(options.mqtt_spool_max * 1024 * 1024))
         publisher = Publisher(target, Credentials.from_environment(), name, spool, ca_file=options.mqtt_ca)
