@@ -189,6 +189,13 @@ def classify(settings: Settings, stop: Optional[threading.Event] = None) -> int:
 
     max_pixels = settings.max_pixels or DEFAULT_MAX_PIXELS
     limit_opencv_decoder(max_pixels)  # before the first decode: OpenCV reads it once
+    if settings.sources is not None:  # a bad line is said before the model loads (a TensorRT build takes minutes)
+        from edge.sources.sourcelist import SourceListError, read_sources_file
+
+        try:
+            read_sources_file(settings.sources)
+        except SourceListError as exc:
+            return _fail(str(exc))
     model = settings.model or ensure_default_model()
     items = _image_items(settings)
     plan = plan_concurrency(settings, items, gpu_expected(model, settings.backend, settings.device))

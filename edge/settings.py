@@ -119,6 +119,7 @@ def _number_problem(s: Settings) -> Optional[str]:
         (s.read_ahead is not None and s.read_ahead < 0, f"--read-ahead must be 0 or more, not {s.read_ahead}"),
         (s.threads is not None and s.threads < 1, f"--threads must be at least 1, not {s.threads}"),
         (s.crop not in CROP_MODES, f"--crop must be one of {', '.join(CROP_MODES)}, not {s.crop}"),
+        (not 1 <= s.max_batch <= MAX_BATCH, f"--max-batch must be 1 to {MAX_BATCH}, not {s.max_batch}"),
     )
     for bad, message in checks:
         if bad:
@@ -155,8 +156,6 @@ def _sources_problem(s: Settings) -> Optional[str]:
     """What several sources in one process cannot do (yet): the outputs that are one per process."""
     if not s.several_sources:
         return None
-    if not 1 <= s.max_batch <= MAX_BATCH:
-        return f"--max-batch must be 1 to {MAX_BATCH}, not {s.max_batch}"
     for flag, given in (("--serve", s.serve), ("--mqtt or --metrics-port", s.telemetry),
                         ("--csi-resize", s.csi_resize)):
         if given:
