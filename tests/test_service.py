@@ -276,6 +276,9 @@ def test_several_sources_are_one_unit_with_a_sources_file(tmp_path, model_file, 
     assert capsys.readouterr().err.endswith("gone.mp4: no such video file\n")
     assert install(tmp_path / "root3", model_file, "--source", "csi://0", "--source", "csi://1") == 2
     assert "pass --sources FILE" in capsys.readouterr().err
+    listed.write_text("door=csi://0\nshop=videos/shop.mp4\n")
+    assert install(tmp_path / "root6", model_file, "--sources", str(listed)) == 2
+    assert "videos/shop.mp4 is a relative path" in capsys.readouterr().err
     listed.write_text("door=csi://0 roi=1,2\n")
     assert install(tmp_path / "root4", model_file, "--sources", str(listed)) == 2
     assert "sources.txt:1: roi" in capsys.readouterr().err
