@@ -125,6 +125,20 @@ def test_interval_between_kept_frames(tmp_path, frames):
     assert sink.counts["kept"] == 2 and sink.counts["interval"] == 4
 
 
+def test_interval_label_changes_and_duplicates_are_per_source(tmp_path, frames):
+    """Two cameras through one sink: one's kept frame does not start the other's interval, a change is a change
+    of that source's own label, and the same picture from another camera is not its duplicate."""
+    sink = collector(tmp_path / "a", "every=1", interval_s=10.0, dedup_bits=6)
+    run_sink(sink, [result(frames[0], [0.9, 0.05, 0.05], 0, name) for name in ("door", "yard", "door")])
+    assert sink.counts["kept"] == 2 and sink.counts["interval"] == 1
+    assert {f.path.name.split("-", 2)[-1] for f in unreviewed(tmp_path / "a" / "c")} == {"door.jpg", "yard.jpg"}
+    cat, dog = [0.9, 0.05, 0.05], [0.05, 0.9, 0.05]
+    sink = collector(tmp_path / "b", "changed")
+    run_sink(sink, [result(frames[i], p, i, name) for i, (p, name) in
+                    enumerate([(cat, "door"), (dog, "yard"), (cat, "door"), (dog, "yard"), (dog, "door")])])
+    assert sink.counts["kept"] == 1  # only door's cat -> dog; yard was a dog all along
+
+
 def test_total_and_per_class_caps_count_frames_already_there(tmp_path, frames):
     sink = collector(tmp_path, "every=1", max_total=3, max_per_class=2)
     cats = [result(frames[i], [0.9, 0.05, 0.05], i) for i in range(3)]

@@ -204,9 +204,11 @@ class Collector:
                                        "queue_full": 0, "evicted": 0, "errors": 0}
         self.by_sampler: Dict[str, int] = {}
         self._random = random.Random(options.seed)
-        self._last_label: Optional[str] = None
-        self._last_kept: Optional[float] = None
-        self._recent: Deque[int] = deque(maxlen=DEDUP_RECENT)
+        # Per source (several sources share this sink): the last label seen, when a frame was last kept, and the
+        # hashes of the last few kept, so one camera's frames never hold back or de-duplicate another's.
+        self._last_label: Dict[str, str] = {}
+        self._last_kept: Dict[str, float] = {}
+        self._recent: Dict[str, Deque[int]] = {}
         self._recount()
         self._sha256: Optional[str] = None
         self._queue: "queue.Queue[Optional[Kept]]" = queue.Queue()  # bounded by bytes: _queued
@@ -234,13 +236,13 @@ class Collector:
 
     def write(self, result: Any) -> None:
         self.counts["frames"] += 1
-        prediction = result.prediction
-        why = self.sampler(prediction)
-        self._last_label = prediction.label
+        prediction, source = result.prediction, result.name
+        why = self.sampler(prediction, self._last_label.get(source))
+        self._last_label[source] = prediction.label
         if why is None or result.frame.image is None:
             return
         now = self.clock()
-        if self._last_kept is not None and now - self._last_kept < self.options.interval_s:
+        if source in self._last_kept and now - self._last_kept[source] < self.options.interval_s:
             self.counts["interval"] += 1
             return
         label = safe_name(prediction.label)
@@ -250,10 +252,11 @@ class Collector:
             return
         if self.options.dedup_bits:
             digest = dhash(result.frame.image)
-            if any(hamming(digest, seen) <= self.options.dedup_bits for seen in self._recent):
+            recent = self._recent.setdefault(source, deque(maxlen=DEDUP_RECENT))
+            if any(hamming(digest, seen) <= self.options.dedup_bits for seen in recent):
                 self.counts["duplicate"] += 1
                 return
-            self._recent.append(digest)
+            recent.append(digest)
         entry = Kept(image=result.frame.image, label=label, source=result.name, time=time.time(), why=why,
                      record=result.record, model=self.model, model_sha256=self._sha256)
         size = int(getattr(result.frame.image, "nbytes", 0))
@@ -266,20 +269,20 @@ class Collector:
             return
         entry["size"] = size
         self._queue.put_nowait(entry)
-        self._last_kept = now
+        self._last_kept[source] = now
         self._total += 1
         self._per_class[label] = self._per_class.get(label, 0) + 1
         self.counts["kept"] += 1
         self.by_sampler[why] = self.by_sampler.get(why, 0) + 1
 
-    def sampler(self, prediction: Any) -> Optional[str]:
-        """The name of the first sampler that wants this frame, or None."""
+    def sampler(self, prediction: Any, previous_label: Optional[str] = None) -> Optional[str]:
+        """The name of the first sampler that wants this frame (``previous_label``: its source's last), or None."""
         when = self.options.when
         if when.uncertain is not None:
             p, least = when.uncertain
             if prediction.score < p or margin(prediction) < least:
                 return "uncertain"
-        if when.changed and self._last_label is not None and prediction.label != self._last_label:
+        if when.changed and previous_label is not None and prediction.label != previous_label:
             return "changed"
         if prediction.label in when.labels:
             return "label"
