@@ -325,7 +325,7 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
     slot = _model_slot(settings, classifier, plan, model, batch)
 
     def open_sinks() -> List:
-        return _stream_sinks(settings, classifier, lanes, outputs, stop, slot)
+        return _stream_sinks(settings, classifier, lanes, outputs, stop, slot, source_levels(entries, specs))
 
     if slot is None:
         return pipeline.run(settings, classifier, lanes, open_sinks, stop=stop, notifier=notifier, arrived=arrived)
@@ -362,14 +362,13 @@ def _video_outputs(output: Optional[Path], entries: Sequence, specs: Sequence) -
     """``--output`` per source: the path itself for one; for several, PATH's stem plus each source's name
     (``out.mp4`` -> ``out-door.mp4``), or files in a folder (``videos/`` -> ``videos/door.avi``)."""
     from edge.sinks.files import check_not_an_input
-    from edge.sources.sourcelist import short_name, unique
 
     if output is None:
         return [None] * len(specs)
     if len(specs) == 1:
         paths = [output]
     else:
-        names = unique([entry.name or short_name(spec.name) for entry, spec in zip(entries, specs)])
+        names = source_levels(entries, specs)
         if output.suffix:
             paths = [output.with_name(f"{output.stem}-{name}{output.suffix}") for name in names]
         else:
@@ -378,8 +377,15 @@ def _video_outputs(output: Optional[Path], entries: Sequence, specs: Sequence) -
     return paths
 
 
+def source_levels(entries: Sequence, specs: Sequence) -> List[str]:
+    """Each source's name for files and topics: its NAME, else a short one (``csi0``, ``door``), made distinct."""
+    from edge.sources.sourcelist import short_name, unique
+
+    return unique([entry.name or short_name(spec.name) for entry, spec in zip(entries, specs)])
+
+
 def _stream_sinks(settings: Settings, classifier: Any, lanes: List, outputs: List[Optional[Path]],
-                  stop: threading.Event, slot: Any) -> List:
+                  stop: threading.Event, slot: Any, levels: Optional[List[str]] = None) -> List:
     """The shared sinks (console, telemetry, live view, --collect); each source's own (video, window) on its lane."""
     from edge.collect.sampler import Collector
     from edge.sinks.console import ConsoleSink
@@ -394,10 +400,11 @@ def _stream_sinks(settings: Settings, classifier: Any, lanes: List, outputs: Lis
         if settings.display:
             lane.sinks.append(Window(settings.fullscreen, stop, lane.name if len(lanes) > 1 else None))
     sinks: List = [ConsoleSink(settings.json, settings.topk, every_result=False)]
-    first = lanes[0]  # the live view and telemetry take one source (settings refuse them with several)
-    telemetry = Telemetry.open(settings.telemetry, first.name, classifier, stop)
+    first = lanes[0]  # the live view and the metrics take one source (settings refuse them with several)
+    several = dict(zip((lane.name for lane in lanes), levels)) if levels and len(lanes) > 1 else None
+    telemetry = Telemetry.open(settings.telemetry, first.name, classifier, stop, several)
     if telemetry is not None:
-        telemetry.watch(first.source)
+        telemetry.watch(first.source)  # the metrics' drops and reconnects (one source: settings refuse several)
         sinks.append(telemetry)
         if slot is not None:
             slot.listeners.append(telemetry.model_changed)

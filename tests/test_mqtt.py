@@ -149,6 +149,31 @@ def test_every_frame_reaches_a_subscriber_and_the_metrics_parse(broker_factory, 
         assert f"`{name}" in readme, name
 
 
+def test_several_sources_publish_each_on_its_own_topic(broker_factory, colour_model, clip, tmp_path):
+    """Two sources in one process, one connection: every frame of each on <prefix>/<its name>/label, in its own
+    order; the connection's status on <prefix>/edge-classify/status; --metrics-port is refused (one line)."""
+    broker = broker_factory()
+    subscriber = Subscriber(broker.port, "edge")
+    url = f"mqtt://127.0.0.1:{broker.port}/edge"
+    done = run_cli("--model", colour_model, "--source", f"door={clip}", "--source", f"yard={clip}", "--mqtt", url,
+                   "--mqtt-every", "frame", "--mqtt-spool", tmp_path / "spool", "--json")
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert subscriber.wait_for(lambda: len(subscriber.labels()) >= len(printed))
+    with subscriber.lock:
+        by_topic = {}
+        for topic, payload, _ in subscriber.messages:
+            by_topic.setdefault(topic, []).append(payload)
+    subscriber.close()
+    for name in ("door", "yard"):
+        frames = [json.loads(m)["frame"] for m in by_topic[f"edge/{name}/label"]]
+        assert frames == [p["frame"] for p in printed if p["source"] == name] == list(range(CLIP_FRAMES))
+    assert by_topic["edge/edge-classify/status"][0] == "online"
+    refused = run_cli("--model", colour_model, "--source", str(clip), "--source", str(clip), "--mqtt", url,
+                      "--metrics-port", free_port())
+    assert refused.returncode == 2 and "--metrics-port takes one source for now" in refused.stderr
+
+
 @pytest.mark.slow  # seconds of real time (a broker restart, a browser, a kill): the full suite runs it
 def test_nothing_is_lost_when_the_broker_restarts_mid_run(broker_factory, colour_model, clip, tmp_path, monkeypatch):
     """The broker stops while frames keep coming; after it is back every frame has arrived, in order of first

@@ -134,21 +134,26 @@ class Telemetry:
     """The MQTT publisher and the metrics of one run; either may be absent."""
 
     def __init__(self, publisher: Any = None, metrics: Any = None, topic: str = "", every: str = "change",
-                 heartbeat_s: float = DEFAULT_HEARTBEAT_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_S, clock: Callable[[], float] = time.monotonic,
+                 levels: Optional[Dict[str, str]] = None) -> None:
         self.publisher = publisher
         self.metrics = metrics
-        self.topic = topic
+        self.topic = topic  # one source's label topic
+        self.levels = levels or {}  # several sources: each one's name -> its topic level
         self._every = every
         self._heartbeat_s = heartbeat_s
         self._clock = clock
-        self._last_label: Optional[str] = None
-        self._last_sent = clock()
+        self._last_label: Dict[str, str] = {}  # per source: MQTT's --mqtt-every change and heartbeat are its own
+        self._last_sent: Dict[str, float] = {}
 
     @classmethod
     def open(cls, options: Optional[TelemetryOptions], source: str, classifier: Any,
-             stop: Optional[threading.Event] = None) -> "Optional[Telemetry]":
+             stop: Optional[threading.Event] = None, levels: Optional[Dict[str, str]] = None
+             ) -> "Optional[Telemetry]":
         """What the options ask for, started; None without them (the loop then builds no record for them).
-        ``stop`` (set by SIGTERM) cuts short the wait for the broker's first answer."""
+        ``stop`` (set by SIGTERM) cuts short the wait for the broker's first answer. ``levels``: with several
+        sources, each one's topic level (``<prefix>/<level>/label``, ``/model``); the connection's own status
+        topic is then ``<prefix>/<--mqtt-name, default edge-classify>/status``."""
         if options is None:
             return None
         metrics = publisher = None
@@ -156,13 +161,13 @@ class Telemetry:
             if options.metrics_port is not None:
                 metrics = _open_metrics(options, source, classifier)
             if options.mqtt:
-                publisher = _open_publisher(options, source, stop)
+                publisher = _open_publisher(options, PROCESS_LEVEL if levels else source, stop)
         except Exception:
             if metrics is not None:
                 metrics.close()
             raise
         topic = f"{publisher.target.prefix}/{publisher.name}/label" if publisher is not None else ""
-        return cls(publisher, metrics, topic, options.mqtt_every, options.mqtt_heartbeat)
+        return cls(publisher, metrics, topic, options.mqtt_every, options.mqtt_heartbeat, levels=levels)
 
     def watch(self, grabber: Any) -> None:
         """Read the grabber's drop and reconnect counts at scrape time."""
@@ -172,18 +177,24 @@ class Telemetry:
 
     def write(self, result: Any) -> None:
         """The loop's sink call (``edge.sinks.Result``): metrics, and MQTT when the frame is due."""
-        self.send(result.record, result.prediction, result.stages, result.age_ms, result.fps)
+        self.send(result.record, result.prediction, result.stages, result.age_ms, result.fps, result.name)
 
     def send(self, record: Dict[str, Any], prediction: Any, stages_ms: Dict[str, float], age_ms: float,
-              fps: float) -> None:
+             fps: float, source: str = "") -> None:
         if self.metrics is not None:
             self.metrics.frame(prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps)
-        if self.publisher is not None and self._due(record["frame"], prediction.label):
+        if self.publisher is not None and self._due(source, record["frame"], prediction.label):
             from edge.sinks.console import json_line
 
-            self.publisher.submit(self.topic, json_line(record, "utf-8"))  # a lone surrogate: escaped
-            self._last_sent = self._clock()
-        self._last_label = prediction.label
+            self.publisher.submit(self._topic(source, "label"), json_line(record, "utf-8"))  # lone surrogates escaped
+            self._last_sent[source] = self._clock()
+        self._last_label[source] = prediction.label
+
+    def _topic(self, source: str, leaf: str) -> str:
+        """``<prefix>/<level>/<leaf>``: the source's own level with several sources, the connection's with one."""
+        if source not in self.levels and leaf == "label":
+            return self.topic
+        return f"{self.publisher.target.prefix}/{self.levels.get(source, self.publisher.name)}/{leaf}"
 
     def model_changed(self, facts: Dict[str, Any]) -> None:
         """A model swapped in, refused or first hashed (``edge.model.swap``): Prometheus, and a retained MQTT
@@ -193,18 +204,19 @@ class Telemetry:
         if self.publisher is not None:
             from edge.sinks.console import json_line
 
-            topic = f"{self.publisher.target.prefix}/{self.publisher.name}/model"
-            self.publisher.submit(topic, json_line(facts, "utf-8"), retain=True)
+            for source in self.levels or [""]:  # every source's model topic: they all run this model
+                self.publisher.submit(self._topic(source, "model"), json_line(facts, "utf-8"), retain=True)
 
-    def _due(self, number: int, label: str) -> bool:
+    def _due(self, source: str, number: int, label: str) -> bool:
         if self._every == "frame":
             return True
         if self._every == "change":
-            if label != self._last_label:
+            if label != self._last_label.get(source):
                 return True
         elif number % int(self._every) == 0:
             return True
-        return bool(self._heartbeat_s) and self._clock() - self._last_sent >= self._heartbeat_s
+        last = self._last_sent.setdefault(source, self._clock())
+        return bool(self._heartbeat_s) and self._clock() - last >= self._heartbeat_s
 
     def summary(self) -> Optional[str]:
         if self.publisher is None:
@@ -223,6 +235,9 @@ class Telemetry:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
+
+
+PROCESS_LEVEL = "edge-classify"  # the connection's status topic level with several sources (no --mqtt-name)
 
 
 def _open_metrics(options: TelemetryOptions, source: str, classifier: Any) -> Any:
