@@ -188,6 +188,13 @@ def test_two_videos_in_one_process_every_frame_of_each_in_order(photo_onnx, vide
         capture.release()
 
 
+def test_human_lines_say_each_sources_own_label_changes(photo_onnx, videos, capsys):
+    assert main(["--model", str(photo_onnx), "--source", f"a={videos['door']}", "--source", f"b={videos['door']}",
+                 "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split(" (")[0] for line in lines) == ["a: chelsea", "a: coffee", "b: chelsea", "b: coffee"]
+
+
 def test_sources_file_with_a_region_of_interest(photo_onnx, videos, tmp_path, capsys):
     listed = tmp_path / "sources.txt"
     # yard's frames are 640x480 photos; its ROI keeps the left half only

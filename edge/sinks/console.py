@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import unicodedata
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 from edge.model.classify import Prediction, cut
 from edge.sinks import Result
@@ -100,7 +100,7 @@ class ConsoleSink:
         self.json = json
         self.topk = topk
         self.every_result = every_result
-        self._last_label: Optional[str] = None
+        self._last_label: Dict[str, str] = {}  # per source: a change is a change of that source's label
 
     def write(self, result: Result) -> None:
         prediction = result.prediction
@@ -108,10 +108,10 @@ class ConsoleSink:
             print(json_line(result.record), flush=True)
         elif self.every_result:
             print(format_line(result.name, prediction, self.topk), flush=True)
-        elif prediction.label != self._last_label:
+        elif prediction.label != self._last_label.get(result.name):
             note = f"[frame {result.number}" + (f", {result.fps:.1f} fps]" if result.fps else "]")
             print(format_line(result.name, prediction, self.topk, note), flush=True)
-        self._last_label = prediction.label
+        self._last_label[result.name] = prediction.label
 
     def close(self) -> None:
         """Nothing to release: every line was flushed when written."""
