@@ -267,6 +267,8 @@ def source_scheme(text: str) -> str:
 # whole frame squeezed to the square; letterbox: the whole frame fitted inside it, the rest the mean colour.
 CROP_MODES = ("center", "full", "letterbox")
 DEFAULT_CROP = "center"
+# Frames in one run of a model with a dynamic batch axis (several sources; --max-batch is checked against it).
+MAX_BATCH = 64
 
 
 def resized_size(height: int, width: int, resize: int) -> Tuple[int, int]:

@@ -13,8 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from edge.contract import CROP_MODES, DEFAULT_CROP
-from edge.model.classify import MAX_BATCH
+from edge.contract import CROP_MODES, DEFAULT_CROP, MAX_BATCH
 from edge.model.swap import check_swap_settings
 from edge.collect.sampler import CollectOptions, check_collect_options
 from edge.sinks.telemetry import TelemetryOptions, check_telemetry_arguments

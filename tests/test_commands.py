@@ -158,3 +158,15 @@ def test_fullscreen_needs_display(capsys, photo_onnx, tmp_path):
     video.write_bytes(b"")
     code = edge.cli.main(["--model", str(photo_onnx), "--source", str(video), "--fullscreen"])
     usage_error(code, capsys.readouterr().err, "edge-classify", "--fullscreen goes with --display")
+
+
+def test_without_opencv_the_command_says_how_to_get_it(tmp_path):
+    """Nothing edge-classify imports at start-up needs cv2 (the flags, the settings, their checks), so a device
+    without OpenCV gets the install hint in one line, not an ImportError traceback."""
+    code = ("import sys; sys.modules['cv2'] = None\n"
+            "from edge.cli import main\n"
+            f"sys.exit(main(['--model', {str(tmp_path / 'm.onnx')!r}, '--source', 'clip.avi']))")
+    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, cwd=str(REPO), timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "OpenCV (cv2) is not importable" in done.stderr

@@ -28,7 +28,7 @@ import numpy as np
 from edge.model.artifact import ArtifactError, ModelSpec, read_labels, spec_from_metadata
 from edge.model.backends import Backend, BackendError, open_backend
 from edge.errors import EdgeError
-from edge.contract import DEFAULT_CROP
+from edge.contract import DEFAULT_CROP, MAX_BATCH
 from edge.model.preprocess import Preprocessor, apply_roi
 
 Roi = Optional[Tuple[int, int, int, int]]  # x, y, w, h in the frame's pixels (edge.argtypes.roi parses --roi)
@@ -49,7 +49,6 @@ class TopK:
 
 
 SCORE_DECIMALS = 6  # of a probability in JSON
-MAX_BATCH = 64  # frames in one run of a model with a dynamic batch axis (--max-batch is checked against it)
 
 
 def cut(value: float, decimals: int, scale: int = 1) -> Decimal:
