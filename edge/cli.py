@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence
 
 from edge import __version__
 from edge.argtypes import positive_int, roi
@@ -189,19 +189,18 @@ def classify(settings: Settings, stop: Optional[threading.Event] = None) -> int:
 
     max_pixels = settings.max_pixels or DEFAULT_MAX_PIXELS
     limit_opencv_decoder(max_pixels)  # before the first decode: OpenCV reads it once
-    if settings.sources is not None:  # a bad line is said before the model loads (a TensorRT build takes minutes)
-        from edge.sources.sourcelist import SourceListError, read_sources_file
+    from edge.sources.sourcelist import SourceListError
 
-        try:
-            read_sources_file(settings.sources)
-        except SourceListError as exc:
-            return _fail(str(exc))
+    try:  # a bad sources file is said before the model loads (a TensorRT build takes minutes)
+        entries = _source_entries(settings) if settings.streaming else []
+    except SourceListError as exc:
+        return _fail(str(exc))
     model = settings.model or ensure_default_model()
     items = _image_items(settings)
     plan = plan_concurrency(settings, items, gpu_expected(model, settings.backend, settings.device))
     classifier = _open_model(settings, model, plan)
     if settings.streaming:
-        return run_stream(settings, classifier, plan, stop or threading.Event(), model=model)
+        return run_stream(settings, classifier, plan, stop or threading.Event(), model=model, entries=entries)
     return run_images(settings, classifier, items, plan, max_pixels)
 
 
@@ -291,22 +290,25 @@ def run_images(settings: Settings, classifier: Any, items: List, plan: Concurren
 
 
 def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: threading.Event, times: Any = None,
-               model: Optional[Path] = None) -> int:
+               model: Optional[Path] = None, entries: Optional[List] = None) -> int:
     """Cameras, videos or streams through the loop (several in one batch), with the sinks the flags ask for,
-    until they end or ``stop``."""
+    until they end or ``stop``. ``entries``: the sources as :func:`_source_entries` read them (read here if
+    not given)."""
     from edge import pipeline
     from edge.service.notify import Notifier
     from edge.sources.capture import Grabber, Reconnect, open_capture
     from edge.sources.sourcelist import SourceListError
 
     try:
-        entries, specs = _stream_sources(settings, classifier)
+        entries = _source_entries(settings) if entries is None else entries
+        specs = _stream_specs(settings, classifier, entries)
     except SourceListError as exc:
         return _fail(str(exc))
     problem = next(filter(None, (_stream_problem(settings, spec) for spec in specs)), None)
     if problem:
         return _fail(problem)
-    outputs = _video_outputs(settings.output, entries, specs)
+    levels = source_levels(entries, specs)
+    outputs = _video_outputs(settings.output, levels, specs)
     notifier = Notifier.from_environment()
     tries = settings.reconnect
     reconnect = Reconnect((None if notifier.enabled else 5) if tries is None else (tries or None))
@@ -325,7 +327,7 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
     slot = _model_slot(settings, classifier, plan, model, batch)
 
     def open_sinks() -> List:
-        return _stream_sinks(settings, classifier, lanes, outputs, stop, slot, source_levels(entries, specs))
+        return _stream_sinks(settings, classifier, lanes, outputs, stop, slot, levels)
 
     if slot is None:
         return pipeline.run(settings, classifier, lanes, open_sinks, stop=stop, notifier=notifier, arrived=arrived)
@@ -340,13 +342,19 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
         slot.close()
 
 
-def _stream_sources(settings: Settings, classifier: Any) -> Tuple[List, List]:
-    """The sources as given (cameras, --source flags, the --sources file) and their parsed specs."""
-    from edge.sources.capture import SourceError, parse_source
-    from edge.sources.sourcelist import SourceListError, read_sources_file, source_entries
+def _source_entries(settings: Settings) -> List:
+    """The sources as given: cameras, --source flags, then the --sources file's lines (SourceListError)."""
+    from edge.sources.sourcelist import read_sources_file, source_entries
 
     listed = read_sources_file(settings.sources) if settings.sources is not None else []
-    entries = source_entries(settings.camera, settings.source, listed, settings.roi)
+    return source_entries(settings.camera, settings.source, listed, settings.roi)
+
+
+def _stream_specs(settings: Settings, classifier: Any, entries: Sequence) -> List:
+    """Each source parsed (``edge.sources.capture.SourceSpec``); a SourceListError names the one that cannot be."""
+    from edge.sources.capture import SourceError, parse_source
+    from edge.sources.sourcelist import SourceListError
+
     specs = []
     for entry in entries:
         try:
@@ -355,10 +363,10 @@ def _stream_sources(settings: Settings, classifier: Any) -> Tuple[List, List]:
                                       csi_resize=classifier.spec.resize_side if settings.csi_resize else None))
         except SourceError as exc:
             raise SourceListError(str(exc)) from None
-    return entries, specs
+    return specs
 
 
-def _video_outputs(output: Optional[Path], entries: Sequence, specs: Sequence) -> List[Optional[Path]]:
+def _video_outputs(output: Optional[Path], levels: Sequence[str], specs: Sequence) -> List[Optional[Path]]:
     """``--output`` per source: the path itself for one; for several, PATH's stem plus each source's name
     (``out.mp4`` -> ``out-door.mp4``), or files in a folder (``videos/`` -> ``videos/door.avi``)."""
     from edge.sinks.files import check_not_an_input
@@ -367,12 +375,10 @@ def _video_outputs(output: Optional[Path], entries: Sequence, specs: Sequence) -
         return [None] * len(specs)
     if len(specs) == 1:
         paths = [output]
+    elif output.suffix:
+        paths = [output.with_name(f"{output.stem}-{name}{output.suffix}") for name in levels]
     else:
-        names = source_levels(entries, specs)
-        if output.suffix:
-            paths = [output.with_name(f"{output.stem}-{name}{output.suffix}") for name in names]
-        else:
-            paths = [output / f"{name}.avi" for name in names]
+        paths = [output / f"{name}.avi" for name in levels]
     check_not_an_input(paths, [Path(str(spec.target)) for spec in specs if spec.kind == "file"])
     return paths
 
@@ -385,7 +391,7 @@ def source_levels(entries: Sequence, specs: Sequence) -> List[str]:
 
 
 def _stream_sinks(settings: Settings, classifier: Any, lanes: List, outputs: List[Optional[Path]],
-                  stop: threading.Event, slot: Any, levels: Optional[List[str]] = None) -> List:
+                  stop: threading.Event, slot: Any, levels: List[str]) -> List:
     """The shared sinks (console, telemetry, live view, --collect); each source's own (video, window) on its lane."""
     from edge.collect.sampler import Collector
     from edge.sinks.console import ConsoleSink
@@ -401,7 +407,7 @@ def _stream_sinks(settings: Settings, classifier: Any, lanes: List, outputs: Lis
             lane.sinks.append(Window(settings.fullscreen, stop, lane.name if len(lanes) > 1 else None))
     sinks: List = [ConsoleSink(settings.json, settings.topk, every_result=False)]
     first = lanes[0]  # the live view and the metrics take one source (settings refuse them with several)
-    several = dict(zip((lane.name for lane in lanes), levels)) if levels and len(lanes) > 1 else None
+    several = dict(zip((lane.name for lane in lanes), levels)) if len(lanes) > 1 else None
     telemetry = Telemetry.open(settings.telemetry, first.name, classifier, stop, several)
     if telemetry is not None:
         telemetry.watch(first.source)  # the metrics' drops and reconnects (one source: settings refuse several)

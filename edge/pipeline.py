@@ -309,8 +309,6 @@ class Loop:
                     print_error(f"edge-classify: {printable(lane.problem(False)[0])}")
         if not any(lane.active(self.settings.max_frames) for lane in self.lanes):
             return False
-        if len(self.lanes) == 1 and self.lanes[0].hung:
-            return False
         if self.frames:  # never before the first frame: a camera that never delivers gets restarted
             self.watchdog()
         return True
