@@ -31,6 +31,26 @@ sys.path.insert(0, str(REPO / "tests"))  # the seed pipeline is tests/reference.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 
 
+def random_model(arch: str):
+    """``arch`` with random weights from seed 0, in eval mode: the same model every time, so the seed pipeline
+    (eager torch, in its own process) runs exactly what :func:`random_artifact` exported. Speed does not depend on
+    the weights."""
+    import torch
+
+    from export.zoo import build_model
+
+    torch.manual_seed(0)
+    return build_model(arch).eval()
+
+
+def random_artifact(path: Path, arch: str) -> Path:
+    """:func:`random_model` exported FP32 to ``path`` (its suffix picks ONNX or TorchScript), 1000 placeholder labels."""
+    from export.exporter import export_artifact
+
+    return export_artifact(random_model(arch), path, arch=arch, labels=[f"class {i}" for i in range(1000)],
+                           precision="fp32")
+
+
 def make_frames(folder: Path) -> List[Path]:
     """640x480 JPEGs (a USB camera's frame) cut and scaled from scikit-image's photos."""
     from skimage import data
@@ -151,12 +171,7 @@ def measure(mode: str, artifact: Path, frames: List[Path], rounds: int) -> Dict[
     """One pipeline's medians, in its own process: ours never has torch loaded (as on a device), and
     neither pipeline's thread pools spin against the other's."""
     if mode == "seed":
-        import torch
-
-        from export.zoo import build_model
-
-        torch.manual_seed(0)
-        return time_stages(frames, seed_stages(build_model(artifact.stem).eval()), rounds)
+        return time_stages(frames, seed_stages(random_model(artifact.stem)), rounds)
     from edge.model.classify import Classifier
 
     classifier = Classifier.open(artifact, device="cpu")
@@ -186,15 +201,10 @@ def main() -> None:
 
     import torch
 
-    from export.exporter import export_artifact
-    from export.zoo import build_model
-
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         frames = make_frames(folder)
-        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
-                                   labels=[f"class {i}" for i in range(1000)], precision="fp32")
+        artifact = random_artifact(folder / f"{args.arch}.onnx", args.arch)
         runs: Dict[str, List[Dict[str, float]]] = {"seed": [], "ours": []}
         for _ in range(args.repeats):
             for mode in runs:

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the seed pipeline is tests/reference.py, shared with the tests
 
-from bench_image import make_frames, ms  # noqa: E402  (benchmarks/ is this script's folder)
+from bench_image import make_frames, ms, random_artifact, random_model  # noqa: E402  (benchmarks/ is this script's folder)
 from reference import decoded_frames, seed_logits, seed_transform  # noqa: E402
 
 FPS = 30.0
@@ -64,12 +64,7 @@ def make_video(folder: Path, frames: int) -> Path:
 
 
 def measure_seed(artifact: Path, video: Path) -> Dict[str, float]:
-    import torch
-
-    from export.zoo import build_model
-
-    torch.manual_seed(0)
-    model = build_model(artifact.stem).eval()
+    model = random_model(artifact.stem)
     transform = seed_transform()
     capture = cv2.VideoCapture(str(video))
     count, started = 0, time.perf_counter()
@@ -185,15 +180,10 @@ def main() -> None:
 
     import torch
 
-    from export.exporter import export_artifact
-    from export.zoo import build_model
-
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         video = make_video(folder, args.frames)
-        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.{args.format}",
-                                   arch=args.arch, labels=[f"class {i}" for i in range(1000)], precision="fp32")
+        artifact = random_artifact(folder / f"{args.arch}.{args.format}", args.arch)
         seed = in_subprocess("seed", artifact, video)
         ours = in_subprocess("ours", artifact, video, ["--device", args.device] +
                              (["--threads", str(args.threads)] if args.threads else []))

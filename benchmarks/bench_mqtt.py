@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_image import random_artifact  # noqa: E402
 from bench_loop import FPS, make_video  # noqa: E402
 
 
@@ -161,18 +162,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import cv2
-    import torch
 
     from edge.model.classify import Classifier
-    from export.exporter import export_artifact
-    from export.zoo import build_model
 
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         video = make_video(folder, args.frames)
-        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
-                                   labels=[f"class {i}" for i in range(1000)], precision="fp32")
+        artifact = random_artifact(folder / f"{args.arch}.onnx", args.arch)
         broker, port = start_broker(folder)
         down = free_port()
         try:

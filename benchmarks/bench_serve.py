@@ -172,19 +172,14 @@ def main() -> None:
         viewers_main(*args.viewers)
         return
 
-    import torch
-
+    from bench_image import random_artifact
     from bench_loop import make_video
     from edge.model.classify import Classifier
-    from export.exporter import export_artifact
-    from export.zoo import build_model
 
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         video = make_video(folder, args.frames)
-        artifact = export_artifact(build_model(args.arch).eval(), folder / f"{args.arch}.onnx", arch=args.arch,
-                                   labels=[f"class {i}" for i in range(1000)], precision="fp32")
+        artifact = random_artifact(folder / f"{args.arch}.onnx", args.arch)
         classifier = Classifier.open(artifact, device="cpu", threads=args.threads or None)
         configs = {"without --serve": (False, 0), "--serve, nobody watching": (True, 0),
                    "--serve, 1 viewer": (True, 1), "--serve, 10 viewers": (True, 10)}

@@ -181,20 +181,15 @@ def main() -> None:
         serve_cameras(args.video, args.fps, args.serve_cameras)
         return
 
-    import torch
-
+    from bench_image import random_artifact
     from bench_loop import in_subprocess, make_video
-    from export.exporter import export_artifact
-    from export.zoo import build_model
     from mqtt_broker import free_port  # tests/ is on the path through bench_loop
 
-    torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         video = make_video(folder, 150)
-        model = export_artifact(build_model("mobilenet_v2").eval(), folder / "mobilenet_v2.onnx", arch="mobilenet_v2",
-                                labels=[f"class {i}" for i in range(1000)], precision="fp32")
+        model = random_artifact(folder / "mobilenet_v2.onnx", "mobilenet_v2")
         seed = in_subprocess("seed", model, video)
         port = free_port()
         cameras = subprocess.Popen([sys.executable, __file__, "--serve-cameras", str(port), "--video", str(video),
