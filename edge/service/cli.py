@@ -243,11 +243,12 @@ def service_sources(args: argparse.Namespace) -> Tuple[str, List[str], List[Path
             listed = [entry.uri for entry in read_sources_file(path)]
         except SourceListError as exc:
             raise ServiceError(str(exc), EXIT_USAGE) from None
-        relative = [uri for uri in listed if local_file(uri) is not None and not Path(uri).expanduser().is_absolute()]
+        files = [uri for uri in listed if local_file(uri) is not None]
+        relative = [uri for uri in files if not Path(uri).expanduser().is_absolute()]
         if relative:
             raise ServiceError(f"--sources {path}: {relative[0]} is a relative path; the service starts in another "
                                "folder, so write video files' full paths", EXIT_USAGE)
-        return str(path), listed, [_existing_video(uri) for uri in listed if local_file(uri) is not None]
+        return str(path), listed, [_existing_video(uri) for uri in files]
     source = str(camera) if camera is not None else args.source[0].strip()
     if local_file(source) is None:
         return source, [], []
