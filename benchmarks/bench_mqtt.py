@@ -104,14 +104,15 @@ def frame_call_cost(classifier, frames, broker_port: int, spool: Path) -> Dict[s
                         ("mqtt + metrics", ["--mqtt", f"mqtt://127.0.0.1:{broker_port}/bench", "--mqtt-every",
                                             "frame", "--mqtt-spool", str(spool / "cost"), "--metrics-port", "0"])):
         args = build_parser().parse_args(["--source", "x.avi", *flags])
-        telemetry = Telemetry.open(TelemetryOptions.from_args(args), "x.avi", classifier)
+        telemetry = Telemetry.open(TelemetryOptions.from_args(args), ["x.avi"], classifier)
         costs = []
         try:
             for number, frame in enumerate(frames):
                 prediction = classifier.classify(frame)
                 stages = dict(prediction.ms, output=0.1)
                 started = time.perf_counter()
-                telemetry.send(frame_record("x.avi", number, prediction, 20.0, 0), prediction, stages, 20.0, 30.0)
+                telemetry.send(frame_record("x.avi", number, prediction, 20.0, 0), prediction, stages, 20.0, 30.0,
+                               "x.avi")
                 costs.append((time.perf_counter() - started) * 1e6)
         finally:
             telemetry.close()

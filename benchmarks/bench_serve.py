@@ -97,14 +97,14 @@ def run_loop(classifier, video: Path, serve: bool, viewers: int, serve_fps: floa
                         serve=f"127.0.0.1:{port}" if serve else None, serve_fps=serve_fps)
     spec = parse_source(source=str(video))
     grabber = Grabber(spec, open_capture)
-    live = LiveView.open(ServeOptions.from_args(settings), spec.name, classifier) if serve else None
+    live = LiveView.open(ServeOptions.from_args(settings), [spec.name], classifier) if serve else None
     client = None
 
     def open_sinks() -> List:
         nonlocal client
         if live is None:
             return [ConsoleSink(False, 1, every_result=False)]
-        live.watch(grabber)
+        live.watch(spec.name, grabber)
         if viewers:  # the viewers connect before the first frame, so every frame is offered to them
             client = subprocess.Popen([sys.executable, __file__, "--viewers", str(port), str(viewers)],
                                       stdout=subprocess.PIPE, universal_newlines=True)
@@ -144,13 +144,13 @@ def frame_call_cost(classifier, video: Path) -> float:
     ok, image = capture.read()
     capture.release()
     prediction = classifier.classify(image)
-    live = LiveView.open(ServeOptions(Address("127.0.0.1", 0), model=str(video)), "bench.avi", classifier)
+    live = LiveView.open(ServeOptions(Address("127.0.0.1", 0), model=str(video)), ["bench.avi"], classifier)
     costs = []
     try:
         for number in range(2000):
             record = frame_record("bench.avi", number, prediction, 20.0, 0)
             started = time.perf_counter()
-            live.frame(image, record, prediction, prediction.ms, 20.0, 30.0)
+            live.frame("bench.avi", image, record, prediction, prediction.ms, 20.0, 30.0)
             costs.append((time.perf_counter() - started) * 1e6)
     finally:
         live.close()

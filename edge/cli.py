@@ -297,7 +297,7 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
     from edge import pipeline
     from edge.service.notify import Notifier
     from edge.sources.capture import Grabber, Reconnect, open_capture
-    from edge.sources.sourcelist import SourceListError
+    from edge.sources.sourcelist import SourceListError, unique
 
     try:
         entries = _source_entries(settings) if entries is None else entries
@@ -316,9 +316,10 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
     arrived = threading.Event() if several else None
     # Several sources: each file is read one frame ahead, so its next frame is there when the batch is made.
     read_ahead = max(plan.read_ahead, 1) if several and settings.read_ahead is None else plan.read_ahead
+    names = unique([entry.name or spec.name for entry, spec in zip(entries, specs)])  # --json's, the metrics'
     lanes = [pipeline.Lane(Grabber(spec, open_capture, reconnect=reconnect, loop=settings.loop,
                                    on_status=notifier.status, read_ahead=read_ahead, arrived=arrived),
-                           entry.name, entry.roi, settings.smooth) for entry, spec in zip(entries, specs)]
+                           name, entry.roi, settings.smooth) for name, entry, spec in zip(names, entries, specs)]
     if times is not None:
         lanes[0].times = times
     batch = _fixed_batch(classifier, len(lanes), settings.max_batch)
@@ -406,21 +407,23 @@ def _stream_sinks(settings: Settings, classifier: Any, lanes: List, outputs: Lis
         if settings.display:
             lane.sinks.append(Window(settings.fullscreen, stop, lane.name if len(lanes) > 1 else None))
     sinks: List = [ConsoleSink(settings.json, settings.topk, every_result=False)]
-    first = lanes[0]  # the live view and the metrics take one source (settings refuse them with several)
-    several = dict(zip((lane.name for lane in lanes), levels)) if len(lanes) > 1 else None
-    telemetry = Telemetry.open(settings.telemetry, first.name, classifier, stop, several)
+    names = [lane.name for lane in lanes]
+    several = dict(zip(names, levels)) if len(lanes) > 1 else None
+    telemetry = Telemetry.open(settings.telemetry, names, classifier, stop, several)
     if telemetry is not None:
-        telemetry.watch(first.source)  # the metrics' drops and reconnects (one source: settings refuse several)
+        for lane in lanes:  # the metrics' drops and reconnects, per source
+            telemetry.watch(lane.name, lane.source)
         sinks.append(telemetry)
         if slot is not None:
             slot.listeners.append(telemetry.model_changed)
             if settings.mqtt_allow_model_updates and telemetry.publisher is not None:
                 telemetry.publisher.listen(f"{telemetry.publisher.target.prefix}/{telemetry.publisher.name}/"
                                            "model/set", slot.order)
-    live = LiveView.open(ServeOptions.from_args(settings), first.name, classifier,
+    live = LiveView.open(ServeOptions.from_args(settings), names, classifier,
                          telemetry.metrics if telemetry is not None else None)
     if live is not None:
-        live.watch(first.source)
+        for lane in lanes:
+            live.watch(lane.name, lane.source)
         sinks.append(live)
         if slot is not None:
             slot.listeners.append(live.model_changed)

@@ -152,14 +152,10 @@ def _combination_problem(s: Settings) -> Optional[str]:
 
 
 def _sources_problem(s: Settings) -> Optional[str]:
-    """What several sources in one process cannot do (yet): the outputs that are one per process."""
-    if not s.several_sources:
-        return None
-    metrics = s.telemetry is not None and s.telemetry.metrics_port is not None
-    for flag, given in (("--serve", s.serve), ("--metrics-port", metrics), ("--csi-resize", s.csi_resize)):
-        if given:
-            return (f"{flag} takes one source for now; with several sources, run one edge-classify per source for "
-                    "it (docs/classify.md#several-sources)")
+    """What several sources in one process cannot do (yet)."""
+    if s.several_sources and s.csi_resize:
+        return ("--csi-resize takes one source for now; with several sources, run one edge-classify per source "
+                "for it (docs/classify.md#several-sources)")
     return None
 
 

@@ -109,9 +109,13 @@ class Subscriber:
 
 def scrape(port: int) -> Dict[str, float]:
     """``name{labels}`` -> value, parsed by prometheus_client's own parser."""
+    return parse_metrics(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode("utf-8"))
+
+
+def parse_metrics(text: str) -> Dict[str, float]:
+    """Prometheus text as ``name{label=value,...}`` (labels sorted; no braces without labels) -> value."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode("utf-8")
     values = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import write_photo_video
-from mqtt_broker import free_port
+from mqtt_broker import free_port, parse_metrics
 
 from edge.sinks import httpd
 
@@ -328,7 +328,7 @@ def test_viewers_share_one_encode_and_a_stalled_viewer_holds_up_no_one(tmp_path)
     model.write_bytes(b"model bytes")
     classifier = SimpleNamespace(spec=SimpleNamespace(arch="resnet18", precision="fp16", num_classes=2, input_side=224),
                                  backend=SimpleNamespace(provider="CPUExecutionProvider"))
-    view = LiveView(ServeOptions(httpd.Address("127.0.0.1", 0), fps=10.0, model=str(model)), "csi://0", classifier)
+    view = LiveView(ServeOptions(httpd.Address("127.0.0.1", 0), fps=10.0, model=str(model)), ["csi://0"], classifier)
     view.serve()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (720, 1280, 3), np.uint8) for _ in range(4)]
@@ -341,7 +341,7 @@ def test_viewers_share_one_encode_and_a_stalled_viewer_holds_up_no_one(tmp_path)
             label = ("cat", "dog")[number // 50 % 2]
             prediction = Prediction(label, 0, 0.9, (TopK(label, 0, 0.9),), np.zeros(2))
             started = time.perf_counter()
-            view.frame(images[number % 4], {"frame": number, "time": time.time()}, prediction, {"infer": 1.0}, 5.0, 99.0)
+            view.frame("csi://0", images[number % 4], {"frame": number, "time": time.time()}, prediction, {"infer": 1.0}, 5.0, 99.0)
             handed.append(time.perf_counter() - started)
             number += 1
             time.sleep(0.01)
@@ -384,3 +384,120 @@ def test_viewers_share_one_encode_and_a_stalled_viewer_holds_up_no_one(tmp_path)
     # The loop never waited: a hand-over costs well under a millisecond, and waiting on the stalled viewer would
     # cost up to httpd.IO_TIMEOUT_S (10 s). The bounds leave room for a loaded machine (load 10 on 2 cores).
     assert max(handed) < 1.0 and np.median(handed) < 0.005, (max(handed), np.median(handed))
+
+
+# ---------------------------------------------------------------------------------------------- several sources
+
+def test_several_sources_one_view_a_mosaic_and_a_source_label_on_every_series(tmp_path):
+    """In process, two sources: the mosaic holds both, ``?source=`` picks one (404 for a name not running), the
+    status has a line each, the events say whose change it was, and every metric series has its source."""
+    from types import SimpleNamespace
+
+    from edge.model.classify import Prediction, TopK
+    from edge.sinks.web import LiveView, ServeOptions
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model bytes")
+    classifier = SimpleNamespace(spec=SimpleNamespace(arch="resnet18", precision="fp32", num_classes=2, input_side=224),
+                                 backend=SimpleNamespace(provider="CPUExecutionProvider"))
+    view = LiveView.open(ServeOptions(httpd.Address("127.0.0.1", 0), model=str(model)), ["door", "yard"], classifier)
+    base = f"http://127.0.0.1:{view.server.port}"
+    door = np.full((720, 1280, 3), 200, np.uint8)  # a bright 16:9 frame
+    yard = np.full((480, 640, 3), 40, np.uint8)  # a dark 4:3 one
+    try:
+        assert get(base + "/snapshot.jpg")[0] == 503  # no frame yet
+        view.watch("yard", SimpleNamespace(dropped=7, reconnects=1))
+        for number, (source, image, label) in enumerate([("door", door, "cat"), ("yard", yard, "dog"),
+                                                         ("door", door, "cat"), ("door", door, "dog")]):
+            prediction = Prediction(label, 0, 0.75, (TopK(label, 0, 0.75),), np.zeros(2))
+            view.frame(source, image, {"frame": number, "time": time.time()}, prediction, {"infer": 2.0}, 30.0, 9.0)
+        status = json.loads(get(base + "/api/status")[2])
+        assert [s["name"] for s in status["sources"]] == ["door", "yard"] and status["source"] == "door"
+        assert [(s["label"], s["health"]["dropped"]) for s in status["sources"]] == [("dog", 0), ("dog", 7)]
+        assert [(h["source"], h["label"]) for h in status["history"]] == [("door", "dog"), ("yard", "dog"),
+                                                                          ("door", "cat")]  # newest first, all
+        yard_status = json.loads(get(base + "/api/status?source=yard")[2])
+        assert yard_status["source"] == "yard" and yard_status["health"] == {"dropped": 7, "reconnects": 1}
+        assert [h["source"] for h in yard_status["history"]] == ["yard"]
+        code, _, body = get(base + "/api/status?source=gate")
+        assert code == 404 and b"door, yard" in body
+        assert get(base + "/stream.mjpg?source=gate")[0] == 404
+        mosaic = picture(get(base + "/snapshot.jpg")[2])
+        assert mosaic.shape == (270, 960, 3)  # two 480x270 tiles side by side
+        left, right = mosaic[60:, 100:380], mosaic[60:, 580:860]  # under the label bands, inside the fitted frames
+        assert left.mean() > 150 and right.mean() < 80, (left.mean(), right.mean())
+        assert picture(get(base + "/snapshot.jpg?source=door")[2]).shape == (540, 960, 3)
+        assert picture(get(base + "/snapshot.jpg?source=yard")[2]).shape == (480, 640, 3)
+        with urllib.request.urlopen(base + "/api/events?every=frame&source=yard", timeout=5) as events:
+            lines = [events.readline() for _ in range(4)]
+        frame = json.loads(next(line for line in lines if line.startswith(b"data:"))[5:])
+        assert frame["source"] == "yard" and frame["label"] == "dog" and frame["health"]["dropped"] == 7
+        metrics = parse_metrics(get(base + "/metrics")[2].decode("utf-8"))
+    finally:
+        view.close()
+    assert metrics["edge_classify_frames_total{source=door}"] == 3
+    assert metrics["edge_classify_frames_total{source=yard}"] == 1
+    assert metrics["edge_classify_stage_seconds_count{source=door,stage=infer}"] == 3
+    assert metrics["edge_classify_frame_age_seconds_count{source=yard}"] == 1
+    assert metrics["edge_classify_dropped_frames_total{source=yard}"] == 7
+    assert metrics["edge_classify_reconnects_total{source=door}"] == 0
+    assert metrics["edge_classify_prediction_score{index=0,label=dog,source=yard}"] == 0.75
+    assert sum(1 for key in metrics if key.startswith("edge_classify_info{")) == 2
+
+
+@pytest.mark.slow  # a browser and two sources in a process of their own: the full suite runs it
+def test_the_page_shows_every_source_and_each_one_alone(photo_onnx, video, photos, tmp_path):
+    """Two sources in one edge-classify: the page's mosaic and a line per source with its label; a click opens one
+    source alone, whose label is its --json line's; --metrics-port serves each source's series."""
+    yard = write_photo_video(tmp_path / "yard.avi", photos, ("rocket", "coffee"), 4)
+    port, metrics_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    running = Running("--model", photo_onnx, "--source", f"door={video}", "--source", f"yard={yard}", "--loop",
+                      "--json", "--serve", f"127.0.0.1:{port}", "--metrics-port", metrics_port,
+                      "--stats-interval", 0)
+    driver = None
+    try:
+        wait_until_served(base + "/api/status", running)
+        while not all(s.get("frame") for s in json.loads(get(base + "/api/status")[2])["sources"]):
+            time.sleep(0.1)
+        driver = browser()
+        driver.get(base + "/")
+        rows = "return Array.from(document.querySelectorAll('#sources tr')).map(r => r.innerText)"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (len(driver.execute_script(rows)) == 2 and driver.execute_script(
+                "return document.getElementById('picture').naturalWidth")):
+            time.sleep(0.1)
+        listed = driver.execute_script(rows)
+        assert [line.split()[0] for line in listed] == ["door", "yard"], listed
+        assert driver.find_element("id", "source").text == "2 sources"
+        assert not driver.find_element("id", "label").is_displayed()  # the one-source panel is hidden
+        natural = "var p = document.getElementById('picture'); return [p.naturalWidth, p.naturalHeight]"
+        mosaic = driver.execute_script(natural)
+        page_png = driver.get_screenshot_as_png()
+        driver.find_element("link text", "yard").click()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not driver.find_element("id", "frame").text.isdigit():
+            time.sleep(0.1)
+        frame, label = driver.execute_script("return [document.getElementById('frame').textContent, "
+                                             "document.getElementById('label').textContent]")
+        assert driver.find_element("id", "source").text == "yard" and driver.find_element("id", "all").is_displayed()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and driver.execute_script(natural) == mosaic:  # the new picture's size
+            time.sleep(0.1)
+        alone = driver.execute_script(natural)
+        metrics = parse_metrics(get(f"http://127.0.0.1:{metrics_port}/metrics")[2].decode("utf-8"))
+    finally:
+        if driver is not None:
+            driver.quit()
+        running.stop()
+    (tmp_path / "live-view-sources.png").write_bytes(page_png)
+    target = os.environ.get("EDGE_LIVE_VIEW_SOURCES_SCREENSHOT")
+    if target:
+        Path(target).write_bytes(page_png)
+    assert mosaic == [960, 270] and alone == [640, 480], (mosaic, alone)  # two 16:9 tiles side by side; one video
+    printed = {(r["source"], r["frame"]): r["label"] for r in running.records}
+    assert printed[("yard", int(frame))] == label and label in ("rocket", "coffee")
+    for source in ("door", "yard"):
+        assert metrics[f"edge_classify_frames_total{{source={source}}}"] > 0
+        assert metrics[f"edge_classify_stage_seconds_count{{source={source},stage=infer}}"] == \
+            metrics[f"edge_classify_frames_total{{source={source}}}"]

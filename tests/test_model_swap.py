@@ -490,7 +490,7 @@ def test_listeners_prometheus_mqtt_and_the_live_view():
     facts = {"sha256": "ab" * 32, "file": "/m.onnx", "arch": "fake", "precision": "fp32", "labels": 2, "swaps": 2,
              "refusals": 1,
              "last_swap": {"sha256": "ab" * 32}, "last_refusal": {"reason": "canary"}, "event": {"event": "swap"}}
-    metrics = Metrics(source="v.avi")
+    metrics = Metrics(["v.avi"])
     published = []
 
     class Publisher:
@@ -505,7 +505,7 @@ def test_listeners_prometheus_mqtt_and_the_live_view():
     assert f'edge_classify_model_info{{sha256="{"ab" * 32}"}} 1.0' in text
     assert "edge_classify_model_swaps_total 2.0" in text and "edge_classify_model_refusals_total 1.0" in text
     assert published == [("edge/cam1/model", facts, True)]
-    view = LiveView(ServeOptions(Address("127.0.0.1", 0), model="/m.onnx"), "v.avi", FakeClassifier("cat"))
+    view = LiveView(ServeOptions(Address("127.0.0.1", 0), model="/m.onnx"), ["v.avi"], FakeClassifier("cat"))
     try:
         view.model_changed(facts)
         model = view.status()["model"]

@@ -283,8 +283,10 @@ def test_several_sources_are_one_unit_with_a_sources_file(tmp_path, model_file, 
     assert install(tmp_path / "root4", model_file, "--sources", str(listed)) == 2
     assert "sources.txt:1: roi" in capsys.readouterr().err
     listed.write_text("door=csi://0\nyard=csi://1\n")
-    assert install(tmp_path / "root5", model_file, "--sources", str(listed), "--serve", "8080") == 2
-    assert "--serve takes one source for now" in capsys.readouterr().err
+    assert install(tmp_path / "root5", model_file, "--sources", str(listed), "--serve", "8080", "--metrics-port",
+                   "9101") == 0  # one live view and one metrics endpoint for all the sources
+    unit, env = rendered(tmp_path / "root5")
+    assert keys(env, "EDGE_ARGS") == ['"--serve 8080 --metrics-port 9101"'] and "--sources ${EDGE_SOURCE}" in unit
 
 
 def test_a_usb_camera_keeps_a_private_tmp_and_needs_no_argus(tmp_path, model_file):

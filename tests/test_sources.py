@@ -95,8 +95,7 @@ def test_names_on_the_command_line_and_rois(tmp_path):
 
 @pytest.mark.parametrize("flags, says", [
     (["--max-batch", "0"], "--max-batch must be 1 to 64"),
-    (["--serve", "8099"], "--serve takes one source for now"),
-    (["--metrics-port", "9399"], "--metrics-port takes one source for now"),
+    (["--csi-resize"], "--csi-resize takes one source for now"),
     (["--roi", "1,2,3"], "--roi: roi '1,2,3' is not X,Y,W,H"),
     (["--crop", "middle"], "--crop: invalid choice: 'middle'"),
 ])

@@ -1,10 +1,14 @@
 """Prometheus metrics of the capture loop, served over HTTP for a scraper (``--metrics-port``).
 
-    metrics = Metrics(source="csi://0", model="m.onnx", arch="mobilenet_v2", provider="CUDAExecutionProvider")
+    metrics = Metrics(["door", "yard"], model="m.onnx", arch="mobilenet_v2", provider="CUDAExecutionProvider")
     metrics.serve("127.0.0.1", 9101)             # MetricsError: the port is taken (exit 2)
-    metrics.frame(prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps)
-    metrics.watch(lambda: grabber.dropped, lambda: grabber.reconnects, publisher.stats)  # read at scrape time
+    metrics.frame("door", prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps)
+    metrics.watch("door", lambda: grabber.dropped, lambda: grabber.reconnects)  # read at scrape time
+    metrics.watch_mqtt(publisher.stats)
     metrics.close()
+
+Every series of a source carries a ``source`` label (the name its ``--json`` lines carry), one source too,
+so a dashboard made for one camera works unchanged for several.
 
 Uses the prometheus_client library (its registry, histograms and text exposition); the HTTP server is
 ``edge.sinks.httpd``'s (the standard library's, hardened), so it starts and stops the same way on every
@@ -16,7 +20,7 @@ time by a collector, so the loop pays only for the histograms.
 
 
 import logging
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +42,49 @@ class MetricsError(RuntimeError):
 class Metrics:
     """The loop's metrics in a registry of their own, and (after ``serve``) an HTTP endpoint for them."""
 
-    def __init__(self, **info: str) -> None:
+    def __init__(self, sources: Sequence[str], **info: str) -> None:
         prometheus = _import_prometheus()
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self._prometheus = prometheus
         self.registry = CollectorRegistry()
-        self._frames = Counter(f"{PREFIX}_frames", "Frames classified", registry=self.registry)
-        self._fps = Gauge(f"{PREFIX}_fps", "Frames per second since the first frame", registry=self.registry)
-        self._age = Histogram(f"{PREFIX}_frame_age_seconds", "From capture to label (the lag a user sees)",
-                              buckets=AGE_BUCKETS, registry=self.registry)
+        frames = Counter(f"{PREFIX}_frames", "Frames classified", ["source"], registry=self.registry)
+        fps = Gauge(f"{PREFIX}_fps", "Frames per second since the first frame", ["source"], registry=self.registry)
+        age = Histogram(f"{PREFIX}_frame_age_seconds", "From capture to label (the lag a user sees)", ["source"],
+                        buckets=AGE_BUCKETS, registry=self.registry)
         self._stage = Histogram(f"{PREFIX}_stage_seconds", "Time per frame in each stage of the loop",
-                                ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
-        self._stage_children: Dict[str, Any] = {}
-        self._live = _LiveCollector(info)
+                                ["source", "stage"], buckets=STAGE_BUCKETS, registry=self.registry)
+        # Each source's series exist from the start (0 frames is a fact a dashboard should see).
+        self._series = {name: (frames.labels(name), fps.labels(name), age.labels(name)) for name in sources}
+        self._stage_children: Dict[Tuple[str, str], Any] = {}
+        self._live = _LiveCollector(info, sources)
         self.registry.register(self._live)
         self._server: Any = None  # an edge.sinks.httpd.GuardedServer once serving
 
-    def watch(self, dropped: Callable[[], int], reconnects: Callable[[], int], mqtt: Optional[Any] = None) -> None:
-        """Where the counts kept elsewhere are read at scrape time (the grabber's; an MQTT ``Stats``)."""
-        self._live.dropped, self._live.reconnects, self._live.mqtt = dropped, reconnects, mqtt
+    def watch(self, source: str, dropped: Callable[[], int], reconnects: Callable[[], int]) -> None:
+        """Where a source's counts kept elsewhere (its grabber's drops and reconnects) are read at scrape time."""
+        self._live.counts[source] = (dropped, reconnects)
 
-    def frame(self, label: str, index: Optional[int], score: float, stages_ms: Dict[str, float], age_ms: float,
-              fps: float) -> None:
-        self._frames.inc()
-        self._fps.set(fps)
-        self._age.observe(age_ms / 1e3)
+    def watch_mqtt(self, stats: Any) -> None:
+        """The MQTT publisher's ``Stats``, read at scrape time."""
+        self._live.mqtt = stats
+
+    def frame(self, source: str, label: str, index: Optional[int], score: float, stages_ms: Dict[str, float],
+              age_ms: float, fps: float) -> None:
+        series = self._series.get(source)
+        if series is None:  # not a source named at the start: nothing to label it with
+            return
+        frames, rate, age = series
+        frames.inc()
+        rate.set(fps)
+        age.observe(age_ms / 1e3)
         for stage, ms in stages_ms.items():
-            child = self._stage_children.get(stage)
+            child = self._stage_children.get((source, stage))
             if child is None:
-                child = self._stage_children[stage] = self._stage.labels(stage)
+                child = self._stage_children[source, stage] = self._stage.labels(source, stage)
             child.observe(ms / 1e3)
         # A lone surrogate in a label (from the model's metadata) would fail every scrape's UTF-8 encoding.
-        self._live.prediction = (label.encode("utf-8", "backslashreplace").decode("utf-8"), index, score)
+        self._live.predictions[source] = (label.encode("utf-8", "backslashreplace").decode("utf-8"), index, score)
 
     def model_changed(self, facts: Dict[str, Any]) -> None:
         """The running model's sha256 and the swap and refusal counts (``edge.model.swap.ModelSlot.status``)."""
@@ -116,31 +130,36 @@ class Metrics:
 class _LiveCollector:
     """Values read when scraped: the current label, drops and reconnects, the MQTT publisher's counts."""
 
-    def __init__(self, info: Dict[str, str]) -> None:
+    def __init__(self, info: Dict[str, str], sources: Sequence[str]) -> None:
         self.info = dict(info)
-        self.prediction: Optional[tuple] = None
-        self.dropped: Callable[[], int] = lambda: 0
-        self.reconnects: Callable[[], int] = lambda: 0
+        self.sources = list(sources)
+        self.predictions: Dict[str, tuple] = {}  # per source: its newest frame's (label, index, score)
+        self.counts: Dict[str, Tuple[Callable[[], int], Callable[[], int]]] = {}  # per source: (dropped, reconnects)
         self.mqtt: Optional[Any] = None
         self.model: Optional[tuple] = None  # (sha256, swaps, refusals) once a model slot reports
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        info = GaugeMetricFamily(f"{PREFIX}_info", "The model, where it runs, and the source (always 1)",
-                                 labels=sorted(self.info))
-        info.add_metric([self.info[k] for k in sorted(self.info)], 1)
-        yield info
-        yield CounterMetricFamily(f"{PREFIX}_dropped_frames", "Frames the grabber dropped (the loop was busy)",
-                                  value=self.dropped())
-        yield CounterMetricFamily(f"{PREFIX}_reconnects", "Times the camera or stream was reconnected",
-                                  value=self.reconnects())
+        names = sorted(self.info)
+        info = GaugeMetricFamily(f"{PREFIX}_info", "The model, where it runs, and each source (always 1)",
+                                 labels=["source"] + names)
+        dropped = CounterMetricFamily(f"{PREFIX}_dropped_frames", "Frames the grabber dropped (the loop was busy)",
+                                      labels=["source"])
+        reconnects = CounterMetricFamily(f"{PREFIX}_reconnects", "Times the camera or stream was reconnected",
+                                         labels=["source"])
         score = GaugeMetricFamily(f"{PREFIX}_prediction_score", "Probability of the current label, by label",
-                                  labels=["label", "index"])
-        if self.prediction is not None:  # one series: the label of the newest frame
-            label, index, value = self.prediction
-            score.add_metric([label, "" if index is None else str(index)], value)
-        yield score
+                                  labels=["source", "label", "index"])
+        for source in self.sources:
+            info.add_metric([source] + [self.info[k] for k in names], 1)
+            read_dropped, read_reconnects = self.counts.get(source, (_zero, _zero))
+            dropped.add_metric([source], read_dropped())
+            reconnects.add_metric([source], read_reconnects())
+            prediction = self.predictions.get(source)
+            if prediction is not None:  # one series a source: the label of its newest frame
+                label, index, value = prediction
+                score.add_metric([source, label, "" if index is None else str(index)], value)
+        yield from (info, dropped, reconnects, score)
         if self.model is not None:
             sha256, swaps, refusals = self.model
             model = GaugeMetricFamily(f"{PREFIX}_model_info", "The running model's sha256 (always 1)",
@@ -161,6 +180,10 @@ class _LiveCollector:
                                       value=stats.dropped)
             yield CounterMetricFamily(f"{PREFIX}_mqtt_connects", "Connections made to the broker",
                                       value=stats.connects)
+
+
+def _zero() -> int:
+    return 0
 
 
 def _import_prometheus() -> Any:

@@ -1,6 +1,6 @@
 """The label drawn on the frame, and the window that shows it (``--display``).
 
-    overlay = draw_label(frame_bgr, prediction, fps=29.7)
+    overlay = draw_label(frame_bgr, prediction, fps=29.7)            # name="door": the source's name first
     window = Window(fullscreen=False, stop=stop)     # q, Esc or closing the window sets ``stop``
 """
 
@@ -18,12 +18,18 @@ from edge.sinks.console import percent, printable
 WINDOW = "edge-classify"
 
 
-def draw_label(frame_bgr: np.ndarray, prediction: Prediction, fps: Optional[float] = None) -> np.ndarray:
-    """A copy of the frame with the label and score (and FPS) in a dark band at the top."""
-    out = frame_bgr.copy()
+def draw_label(frame_bgr: np.ndarray, prediction: Prediction, fps: Optional[float] = None,
+               name: Optional[str] = None) -> np.ndarray:
+    """A copy of the frame with the label and score (and FPS; the source's name first) in a band at the top."""
     text = f"{printable(prediction.label)} {percent(prediction.score, 0)}"
     if fps is not None:
         text += f"  {fps:.1f} fps"
+    return draw_text(frame_bgr, f"{printable(name)}: {text}" if name else text)
+
+
+def draw_text(frame_bgr: np.ndarray, text: str) -> np.ndarray:
+    """A copy of the frame with one line of text in a dark band at the top, sized to the frame."""
+    out = frame_bgr.copy()
     height, width = out.shape[:2]
     scale = max(0.4, min(width, height) / 640.0)
     thickness = max(1, int(round(scale * 2)))

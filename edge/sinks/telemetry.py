@@ -4,8 +4,8 @@
 frame and hands each frame over::
 
     options = TelemetryOptions.from_args(args)                 # None without the flags
-    telemetry = Telemetry.open(options, "csi://0", classifier, stop)   # TelemetryError: exit 2; stop: SIGTERM
-    telemetry.watch(grabber)
+    telemetry = Telemetry.open(options, ["csi://0"], classifier, stop)  # TelemetryError: exit 2; stop: SIGTERM
+    telemetry.watch("csi://0", grabber)
     telemetry.send(record, prediction, stages_ms, age_ms, fps)                     # per frame, never blocks
     telemetry.close()
 
@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from edge.errors import EdgeError
 
@@ -147,10 +147,11 @@ class Telemetry:
         self._last_sent: Dict[str, float] = {}
 
     @classmethod
-    def open(cls, options: Optional[TelemetryOptions], source: str, classifier: Any,
+    def open(cls, options: Optional[TelemetryOptions], sources: Sequence[str], classifier: Any,
              stop: Optional[threading.Event] = None, levels: Optional[Dict[str, str]] = None
              ) -> "Optional[Telemetry]":
         """What the options ask for, started; None without them (the loop then builds no record for them).
+        ``sources``: the sources' names (the metrics' ``source`` labels; the first names a lone source's topic).
         ``stop`` (set by SIGTERM) cuts short the wait for the broker's first answer. ``levels``: with several
         sources, each one's topic level (``<prefix>/<level>/label``, ``/model``); the connection's own status
         topic is then ``<prefix>/<--mqtt-name, default edge-classify>/status``."""
@@ -159,21 +160,22 @@ class Telemetry:
         metrics = publisher = None
         try:
             if options.metrics_port is not None:
-                metrics = _open_metrics(options, source, classifier)
+                metrics = _open_metrics(options, sources, classifier)
             if options.mqtt:
-                publisher = _open_publisher(options, PROCESS_LEVEL if levels else source, stop)
+                publisher = _open_publisher(options, PROCESS_LEVEL if levels else sources[0], stop)
         except Exception:
             if metrics is not None:
                 metrics.close()
             raise
         topic = f"{publisher.target.prefix}/{publisher.name}/label" if publisher is not None else ""
+        if metrics is not None and publisher is not None:
+            metrics.watch_mqtt(publisher.stats)
         return cls(publisher, metrics, topic, options.mqtt_every, options.mqtt_heartbeat, levels=levels)
 
-    def watch(self, grabber: Any) -> None:
-        """Read the grabber's drop and reconnect counts at scrape time."""
+    def watch(self, source: str, grabber: Any) -> None:
+        """Read a source's grabber's drop and reconnect counts at scrape time."""
         if self.metrics is not None:
-            self.metrics.watch(lambda: grabber.dropped, lambda: grabber.reconnects,
-                               self.publisher.stats if self.publisher is not None else None)
+            self.metrics.watch(source, lambda: grabber.dropped, lambda: grabber.reconnects)
 
     def write(self, result: Any) -> None:
         """The loop's sink call (``edge.sinks.Result``): metrics, and MQTT when the frame is due."""
@@ -182,7 +184,7 @@ class Telemetry:
     def send(self, record: Dict[str, Any], prediction: Any, stages_ms: Dict[str, float], age_ms: float,
              fps: float, source: str = "") -> None:
         if self.metrics is not None:
-            self.metrics.frame(prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps)
+            self.metrics.frame(source, prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps)
         if self.publisher is not None and self._due(source, record["frame"], prediction.label):
             from edge.sinks.console import json_line
 
@@ -240,11 +242,11 @@ class Telemetry:
 PROCESS_LEVEL = "edge-classify"  # the connection's status topic level with several sources (no --mqtt-name)
 
 
-def _open_metrics(options: TelemetryOptions, source: str, classifier: Any) -> Any:
+def _open_metrics(options: TelemetryOptions, sources: Sequence[str], classifier: Any) -> Any:
     from edge.sinks.metrics import Metrics, MetricsError
 
     try:
-        metrics = Metrics(source=source, model=options.model,
+        metrics = Metrics(sources, model=options.model,
                           arch=classifier.spec.arch, precision=classifier.spec.precision,
                           provider=str(classifier.backend.provider), version=_version())
         metrics.serve(options.metrics_host, options.metrics_port)
