@@ -458,14 +458,20 @@ def draw_picture(frames: Sequence[Optional[Latest]], names: Sequence[str]) -> An
 
 
 def fit(image: Any, width: int, height: int) -> Any:
-    """The image scaled down (never up) to fit ``width`` x ``height``, its aspect kept."""
+    """The image scaled down (never up) to fit ``width`` x ``height``, its aspect kept: averaged down by a whole
+    factor first where it shrinks to less than half (INTER_AREA's fast integer path: 0.6 ms for 720p to half,
+    where its general path takes 5 ms), then bilinear for the rest (every source pixel still weighs in)."""
     import cv2
 
     rows, columns = image.shape[:2]
     scale = min(width / columns, height / rows)
     if scale >= 1:
         return image
-    return cv2.resize(image, (max(1, int(columns * scale)), max(1, int(rows * scale))), interpolation=cv2.INTER_AREA)
+    factor = int(1 / scale)
+    if factor >= 2:
+        image = cv2.resize(image, (columns // factor, rows // factor), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (max(1, int(columns * scale)), max(1, int(rows * scale))),
+                      interpolation=cv2.INTER_LINEAR)
 
 
 def jpeg_of(image: Any) -> bytes:
