@@ -345,10 +345,15 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
 
 def _source_entries(settings: Settings) -> List:
     """The sources as given: cameras, --source flags, then the --sources file's lines (SourceListError)."""
-    from edge.sources.sourcelist import read_sources_file, source_entries
+    from edge.sources.sourcelist import SourceListError, read_sources_file, source_entries
 
     listed = read_sources_file(settings.sources) if settings.sources is not None else []
-    return source_entries(settings.camera, settings.source, listed, settings.roi)
+    entries = source_entries(settings.camera, settings.source, listed, settings.roi)
+    for entry in entries:
+        if settings.csi_resize and entry.roi is not None:
+            raise SourceListError(f"{entry.uri}: its roi is in the camera's pixels; with --csi-resize the frames "
+                                  "arrive scaled: use one or the other")
+    return entries
 
 
 def _stream_specs(settings: Settings, classifier: Any, entries: Sequence) -> List:

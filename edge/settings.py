@@ -78,11 +78,6 @@ class Settings:
         """A camera, video or stream (frames until stopped), not a list of images."""
         return self.image is None
 
-    @property
-    def several_sources(self) -> bool:
-        """More than one source on the command line, or a sources file (one loop for all of them)."""
-        return len(self.camera) + len(self.source) > 1 or self.sources is not None
-
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The parsed command line as :class:`Settings` (the one place a Namespace is read)."""
@@ -141,21 +136,13 @@ def _combination_problem(s: Settings) -> Optional[str]:
     if s.image is None and s.roi is not None and s.csi_resize:
         return "--roi is in the camera's pixels; with --csi-resize the frames arrive scaled: use one or the other"
     if s.image is None:
-        return _sources_problem(s)
+        return None
     if s.roi is not None:
         return "--roi is for cameras, videos and streams (--camera, --source), not --image"
     for flag, given in (("--display", s.display), ("--loop", s.loop), ("--smooth", s.smooth > 1),
                         ("--csi-resize", s.csi_resize), ("--reconnect", s.reconnect is not None)):
         if given:
             return f"{flag} is for cameras, videos and streams (--camera, --source), not --image"
-    return None
-
-
-def _sources_problem(s: Settings) -> Optional[str]:
-    """What several sources in one process cannot do (yet)."""
-    if s.several_sources and s.csi_resize:
-        return ("--csi-resize takes one source for now; with several sources, run one edge-classify per source "
-                "for it (docs/classify.md#several-sources)")
     return None
 
 

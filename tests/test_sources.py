@@ -95,7 +95,7 @@ def test_names_on_the_command_line_and_rois(tmp_path):
 
 @pytest.mark.parametrize("flags, says", [
     (["--max-batch", "0"], "--max-batch must be 1 to 64"),
-    (["--csi-resize"], "--csi-resize takes one source for now"),
+    (["--csi-resize"], "door.avi is not csi://N"),  # several CSI cameras scale each in its own pipeline
     (["--roi", "1,2,3"], "--roi: roi '1,2,3' is not X,Y,W,H"),
     (["--crop", "middle"], "--crop: invalid choice: 'middle'"),
 ])
@@ -255,3 +255,11 @@ def test_sigterm_stops_all_sources_within_a_second(photo_onnx, videos):
     process.send_signal(signal.SIGTERM)
     process.wait(10)
     assert time.monotonic() - started < 1.5 and process.returncode == 0, process.stderr.read()
+
+
+def test_csi_resize_with_several_sources_is_for_csi_cameras_without_a_roi(photo_onnx, tmp_path, capsys):
+    listed = tmp_path / "cameras.txt"
+    listed.write_text("left=csi://0 roi=0,0,640,480\nright=csi://1\n", encoding="utf-8")
+    assert main(["--model", str(photo_onnx), "--sources", str(listed), "--csi-resize"]) == 2
+    err = capsys.readouterr().err
+    assert "csi://0: its roi is in the camera's pixels" in err and err.count("\n") == 1, err
