@@ -6,7 +6,7 @@ frame and hands each frame over::
     options = TelemetryOptions.from_args(args)                 # None without the flags
     telemetry = Telemetry.open(options, ["csi://0"], classifier, stop)  # TelemetryError: exit 2; stop: SIGTERM
     telemetry.watch("csi://0", grabber)
-    telemetry.send(record, prediction, stages_ms, age_ms, fps)                     # per frame, never blocks
+    telemetry.send(record, prediction, stages_ms, age_ms, fps, "csi://0")          # per frame, never blocks
     telemetry.close()
 
 Both are optional extras (``.[mqtt]``, ``[metrics]``), imported only when their flag is
