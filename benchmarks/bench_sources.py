@@ -86,7 +86,8 @@ class Process:
     def __init__(self, argv: Sequence[str]) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         self.popen = subprocess.Popen([sys.executable, "-m", "edge.cli", *argv, "--json", "-q"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env)
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env,
+                                      cwd=str(REPO))  # -m puts the working directory first: another checkout's edge/
         self.lines: List[Tuple[float, str, float]] = []  # (arrival, source, age_ms)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

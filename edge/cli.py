@@ -314,11 +314,12 @@ def run_stream(settings: Settings, classifier: Any, plan: Concurrency, stop: thr
     reconnect = Reconnect((None if notifier.enabled else 5) if tries is None else (tries or None))
     several = len(specs) > 1
     arrived = threading.Event() if several else None
-    # Several sources: each file is read one frame ahead, so its next frame is there when the batch is made.
-    read_ahead = max(plan.read_ahead, 1) if several and settings.read_ahead is None else plan.read_ahead
+    # Several sources read as one does (plan_concurrency): on a CPU a file decodes only when the loop asks for
+    # its frame (it asks every source of a batch at once), so no frame waits decoded through the batch before
+    # its own; with a GPU one frame ahead, decoding beside inference.
     names = unique([entry.name or spec.name for entry, spec in zip(entries, specs)])  # --json's, the metrics'
     lanes = [pipeline.Lane(Grabber(spec, open_capture, reconnect=reconnect, loop=settings.loop,
-                                   on_status=notifier.status, read_ahead=read_ahead, arrived=arrived),
+                                   on_status=notifier.status, read_ahead=plan.read_ahead, arrived=arrived),
                            name, entry.roi, settings.smooth) for name, entry, spec in zip(names, entries, specs)]
     if times is not None:
         lanes[0].times = times

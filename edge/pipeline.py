@@ -15,7 +15,8 @@ the sinks are released in ``finally``. A live source whose read hangs past ``STA
 (exit 1): systemd restarts the service with a fresh capture, instead of a thread leaking per hang.
 
 Several sources (``--sources``) are several :class:`Lane` s of one loop: each step takes the newest frame
-of every source that has one, taking turns past ``--max-batch``, and runs them as one batch; each lane
+of every source that has one, taking turns past ``--max-batch`` (a video file read on demand is asked for
+its next frame first, and the step waits for it), and runs them as one batch; each lane
 keeps its own smoothing, times and outputs. A source that fails for good ends alone; one that hangs
 ends alone too, but the watchdog is fed no more, so a service is restarted with fresh captures.
 """
@@ -275,11 +276,18 @@ class Loop:
             return [(active[0], frame)] if frame is not None else []
         self.arrived.clear()
         start, picked, looked = self._turn % len(active), [], 0
-        for lane in active[start:] + active[:start]:
+        order = active[start:] + active[:start]
+        # A file read on demand (read-ahead 0) decodes only when asked: every one this batch is for is asked
+        # first, so they decode side by side, and the batch waits (a little) for them; each frame's age is then
+        # this batch's time, not also the batch before's, as a frame decoded ahead would wait.
+        asked = {id(lane) for lane in order[:self.settings.max_batch] if _ask(lane.source)}
+        deadline = time.monotonic() + POLL_S
+        for lane in order:
             if len(picked) >= self.settings.max_batch:
                 break
             looked += 1
-            frame = lane.source.next(timeout=0)
+            wait = max(0.0, deadline - time.monotonic()) if id(lane) in asked else 0
+            frame = lane.source.next(timeout=wait)
             if frame is not None:
                 picked.append((lane, frame))
         self._turn = start + looked
@@ -454,6 +462,12 @@ class Loop:
             codes = {code for _, (_line, code) in problems}
             return EXIT_USAGE if codes == {EXIT_USAGE} and len(problems) == len(self.lanes) else EXIT_FAILED
         return EXIT_FAILED if self.failed else EXIT_OK
+
+
+def _ask(source: Any) -> bool:
+    """Ask a source that reads on demand for its next frame (``Grabber.ask``); False for one that needs no asking."""
+    ask = getattr(source, "ask", None)
+    return bool(ask()) if ask is not None else False
 
 
 def progress_bar(source: Any) -> Any:

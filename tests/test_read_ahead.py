@@ -56,6 +56,29 @@ def test_reader_stays_at_most_read_ahead_frames_ahead(depth):
         grabber.close()
 
 
+def test_asking_reads_one_frame_on_demand_without_waiting_for_it():
+    """Several sources: the loop asks each file for its next frame (all decode at once), then collects them."""
+    video = CountingVideo(20)
+    spec = SourceSpec("clip.avi", "file", "clip.avi", 0)
+    grabber = Grabber(spec, lambda _spec: video, read_ahead=0)
+    grabber.open_first()
+    grabber.start()
+    try:
+        assert grabber.next(timeout=0) is None and reads_after(video, 0) == 0  # a poll alone reads nothing
+        for _ in range(3):
+            assert grabber.ask()
+        assert reads_after(video, 1) == 1  # asked three times before taking it: still one frame
+        assert grabber.next(timeout=0).number == 0
+        assert reads_after(video, 1) == 1  # taken: nothing more until asked again
+        assert grabber.ask() and grabber.next(timeout=1.0).number == 1 and reads_after(video, 2) == 2
+    finally:
+        grabber.close()
+    ahead = Grabber(spec, lambda _spec: CountingVideo(5), read_ahead=1)
+    assert not ahead.ask()  # read ahead anyway: nothing to ask
+    live = Grabber(SourceSpec("cam", "camera", 0, 0), lambda _spec: CountingVideo(5), read_ahead=0)
+    assert not live.ask()  # newest frame only
+
+
 def test_live_sources_keep_only_the_newest_frame_whatever_the_depth():
     import threading
 

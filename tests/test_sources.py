@@ -187,6 +187,19 @@ def test_two_videos_in_one_process_every_frame_of_each_in_order(photo_onnx, vide
         capture.release()
 
 
+@pytest.mark.parametrize("depth", [None, "0", "2"])
+def test_several_videos_read_on_demand_or_ahead_give_every_frame(photo_onnx, videos, capsys, depth):
+    """The default on a CPU is on demand (each file asked for its frame when a batch is made); an explicit
+    --read-ahead 0 did hang with several sources, as a poll alone never let a file read."""
+    ahead = ["--read-ahead", depth] if depth else []
+    code = main(["--model", str(photo_onnx), "--source", f"a={videos['door']}", "--source", f"b={videos['yard']}",
+                 "--json", "--stats-interval", "0", *ahead])
+    assert code == 0, capsys.readouterr().err
+    grouped = by_source(records(capsys))
+    assert [r["frame"] for r in grouped["a"]] == list(range(6)) == [r["frame"] for r in grouped["b"]]
+    assert [r["label"] for r in grouped["b"]] == ["rocket"] * 2 + ["astronaut"] * 2 + ["camera"] * 2
+
+
 def test_human_lines_say_each_sources_own_label_changes(photo_onnx, videos, capsys):
     assert main(["--model", str(photo_onnx), "--source", f"a={videos['door']}", "--source", f"b={videos['door']}",
                  "-q"]) == 0

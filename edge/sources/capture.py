@@ -13,7 +13,8 @@ A live source keeps only the newest frame, so a slow model never works on a stal
 overwrites are counted in ``grabber.dropped``. A video file is read in order, every frame, through a
 small bounded queue (``edge.sources.frames.FrameBuffer``): ``read_ahead`` frames are decoded ahead of
 the model (chosen by ``edge.cli``; a deeper queue adds its depth in frame age and no speed; 0 decodes
-a frame only when the loop asks: the least lag, no overlap). A live source that fails is reopened with
+a frame only when the loop asks, by waiting for it or, with several sources, by ``ask``: the least
+lag, no overlap). A live source that fails is reopened with
 backoff, a bounded number of times or forever (``Reconnect(tries=None)``, as under systemd). The
 tries count failures since frames last flowed for ``GOOD_WINDOW_S``: a stream that opens, sends a
 few frames and stalls again uses them up instead of being reconnected forever. A read stuck in the
@@ -409,6 +410,11 @@ class Grabber:
     def next(self, timeout: float) -> Optional[Frame]:
         """The frame to classify next, or None if none came within ``timeout`` seconds."""
         return self._buffer.get(timeout)
+
+    def ask(self) -> bool:
+        """A video file read on demand (read-ahead 0): start decoding its next frame now, for a later ``next``
+        (with several sources, all of a batch decode at once). False for a source that needs no asking."""
+        return self._buffer.ask()
 
     def alive(self, within: float) -> bool:
         """Whether the reader made progress (a frame, a failed read, a reconnect step) in the last ``within`` s."""

@@ -3,12 +3,15 @@
     buffer = FrameBuffer(latest_only=False, read_ahead=1)   # a video file or an image list: every frame, in order
     buffer.wait_for_room(stop); buffer.put(frame, stop)      # on the reader thread
     frame = buffer.get(timeout=0.1)                          # on the loop's thread: None after the timeout
+    buffer.ask(); frame = buffer.get(timeout=0.1)            # several sources: ask them all, then collect
 
 A live source keeps only the newest frame (``latest_only``): a slow model never works on a stale one,
 and the frames it overwrites are counted in ``dropped``. An ordered source (a video file, a list of
 images) is a bounded FIFO: ``read_ahead`` frames are read ahead of the loop; with 0 a frame is read
-only once the loop asks for one (the least lag and memory, no overlap). Cameras, files, streams and
-image lists all reach the loop through this one queue (``edge.sources.capture.Grabber``,
+only once the loop asks for one (the least lag and memory, no overlap): by waiting in ``get``, or, with
+several sources, by ``ask`` first, so that every source of a batch decodes its frame at once, on its own
+thread, and each frame waits only for the batch it is in, never for the batch before it. Cameras, files,
+streams and image lists all reach the loop through this one queue (``edge.sources.capture.Grabber``,
 ``edge.sources.images.ImageSource``). With several sources the loop polls each buffer and, when none has a
 frame, waits on the one ``arrived`` event they share.
 """
@@ -53,6 +56,7 @@ class FrameBuffer:
         self._cond = threading.Condition()
         self._closed = False
         self._waiting = 0  # consumers blocked in get(): with read-ahead 0, what lets the reader read
+        self._asked = False  # with read-ahead 0: the loop asked for the next frame (ask) and has not had it yet
         self._arrived = arrived  # set on every frame and at the end: a loop watching several buffers waits on it
         self.dropped = 0
 
@@ -65,8 +69,25 @@ class FrameBuffer:
 
     def _has_room(self) -> bool:
         if self._capacity == 0:
-            return not self._frames and self._waiting > 0
+            return not self._frames and (self._waiting > 0 or self._asked)
         return len(self._frames) < self._capacity
+
+    @property
+    def on_demand(self) -> bool:
+        """An ordered source read only when asked (read-ahead 0): the loop must ``ask`` before it polls."""
+        return not self.latest_only and self._capacity == 0
+
+    def ask(self) -> bool:
+        """With read-ahead 0: let the reader read the next frame now, without waiting for it here (a later
+        ``get`` takes it). Asking again before it is taken reads no more. False (and nothing done) for a
+        source that does not read on demand."""
+        if not self.on_demand:
+            return False
+        with self._cond:
+            if not self._frames and not self._asked and not self._closed:
+                self._asked = True
+                self._cond.notify_all()
+        return True
 
     def put(self, frame: Frame, stop: threading.Event) -> None:
         """Add a frame; live: replace an unread one (counted as dropped); ordered: wait for room."""
@@ -78,6 +99,7 @@ class FrameBuffer:
                 while len(self._frames) >= max(self._capacity, 1) and not stop.is_set() and not self._closed:
                     self._cond.wait(0.1)
             self._frames.append(frame)
+            self._asked = False  # the frame asked for is here
             self._cond.notify_all()
         if self._arrived is not None:
             self._arrived.set()
@@ -95,6 +117,7 @@ class FrameBuffer:
             if not self._frames:
                 return None
             frame = self._frames.popleft()
+            self._asked = False
             self._cond.notify_all()
             return frame
 
