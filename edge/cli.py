@@ -195,6 +195,10 @@ def classify(settings: Settings, stop: Optional[threading.Event] = None) -> int:
         entries = _source_entries(settings) if settings.streaming else []
     except SourceListError as exc:
         return _fail(str(exc))
+    if settings.streaming:  # a `systemctl reload` while the model loads is made after, instead of ending the run
+        from edge.model.swap import hold_reloads
+
+        hold_reloads()
     model = settings.model or ensure_default_model()
     items = _image_items(settings)
     plan = plan_concurrency(settings, items, gpu_expected(model, settings.backend, settings.device))

@@ -585,3 +585,25 @@ def test_a_model_ordered_over_mqtt_is_fetched_verified_and_swapped_in(models, vi
         server.shutdown()
         broker.stop()
     assert code == 0, run.stderr()
+
+
+def test_a_reload_while_the_first_model_loads_is_made_after_and_does_not_end_the_run(photo_onnx, video):
+    """`systemctl reload` (SIGHUP) while the first model loads (a TensorRT build takes minutes) used to kill the
+    process: SIGHUP's default action. It is held, and made once the loop runs."""
+    script = (
+        "import os, signal, sys\n"
+        "from edge import cli\n"
+        "from edge.model.classify import Classifier\n"
+        "real, sent = Classifier.open, []\n"
+        "def loading(*args, **kwargs):\n"
+        "    if not sent:\n"
+        "        sent.append(os.kill(os.getpid(), signal.SIGHUP))\n"
+        "    return real(*args, **kwargs)\n"
+        "Classifier.open = staticmethod(loading)\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", script, "--model", str(photo_onnx), "--source", str(video),
+                           "--loop", "--max-frames", "60", "--stats-interval", "0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr
+    assert "a reload was asked for while the model loaded" in done.stderr and "Traceback" not in done.stderr

@@ -396,14 +396,30 @@ def write_json_atomically(path: Path, facts: Dict[str, Any]) -> None:
         raise
 
 
+_EARLY_RELOAD = threading.Event()  # a SIGHUP that came while the first model was loading (hold_reloads)
+
+
+def hold_reloads() -> None:
+    """From now until :func:`reload_on_sighup` takes over, a SIGHUP is remembered instead of ending the process
+    (its default action): ``systemctl reload`` while the first model loads (a TensorRT build takes minutes)
+    must not kill the service. The reload it asked for is made once the loop runs."""
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda signum, _frame: _EARLY_RELOAD.set())
+
+
 @contextlib.contextmanager
 def reload_on_sighup(slot: ModelSlot) -> Iterator[None]:
-    """SIGHUP (``systemctl reload``) asks ``slot`` for a reload; the old handler comes back after."""
+    """SIGHUP (``systemctl reload``) asks ``slot`` for a reload (one held since start-up, at once); the old
+    handler comes back after."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
         yield
         return
     previous = signal.getsignal(signal.SIGHUP)
     signal.signal(signal.SIGHUP, lambda signum, _frame: slot.request())
+    if _EARLY_RELOAD.is_set():
+        _EARLY_RELOAD.clear()
+        log.info("a reload was asked for while the model loaded: reloading it now")
+        slot.request()
     try:
         yield
     finally:
