@@ -276,3 +276,12 @@ def test_csi_resize_with_several_sources_is_for_csi_cameras_without_a_roi(photo_
     assert main(["--model", str(photo_onnx), "--sources", str(listed), "--csi-resize"]) == 2
     err = capsys.readouterr().err
     assert "csi://0: its roi is in the camera's pixels" in err and err.count("\n") == 1, err
+
+
+def test_the_same_source_twice_gets_two_names(photo_onnx, videos, capsys):
+    """Each source's records, topics, metrics series and live-view tile go by its name: two must not share one."""
+    door = str(videos["door"])
+    assert main(["--model", str(photo_onnx), "--source", door, "--source", door, "--json", "--stats-interval",
+                 "0"]) == 0
+    grouped = by_source(records(capsys))
+    assert sorted(grouped) == [door, f"{door}-2"] and [len(v) for v in grouped.values()] == [6, 6]
