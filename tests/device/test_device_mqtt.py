@@ -76,5 +76,6 @@ def test_every_frame_arrives_through_a_broker_restart_and_the_metrics_parse(bund
     assert sorted(first) == [p["frame"] for p in printed]  # none missing
     assert list(first) == sorted(first)  # in order
     assert [first[p["frame"]] for p in printed] == printed  # the --json object, unchanged
-    assert running["edge_classify_frames_total"] >= 10 and running["edge_classify_mqtt_connected"] == 1
-    assert running["edge_classify_stage_seconds_count{stage=infer}"] == running["edge_classify_frames_total"]
+    frames = running[f"edge_classify_frames_total{{source={bundle.clip}}}"]  # each series has its source
+    assert frames >= 10 and running["edge_classify_mqtt_connected"] == 1
+    assert running[f"edge_classify_stage_seconds_count{{source={bundle.clip},stage=infer}}"] == frames
