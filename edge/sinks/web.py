@@ -214,7 +214,7 @@ class Picture:
     def snapshot(self) -> Optional[Encoded]:
         """A JPEG of the newest frames: the shared one if it is current, else one encoded for this request."""
         encoded = self.encoded
-        if self.current():
+        if self.current() or all(latest is None for latest in self.frames()):  # no frame yet: nothing to wait for
             return encoded
         self.viewer(+1)
         try:
