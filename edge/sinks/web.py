@@ -154,6 +154,7 @@ class Picture:
         self.view = view
         self.encoded: Optional[Encoded] = None
         self.viewers = 0
+        self._viewers_lock = threading.Lock()
         self._made_from: Tuple[Optional[Latest], ...] = ()  # the frames the encoded JPEG shows
         self._new_jpeg = threading.Condition()
 
@@ -165,9 +166,10 @@ class Picture:
         return self.encoded is not None and all(a is b for a, b in zip(self._made_from, self.frames()))
 
     def viewer(self, delta: int) -> None:
-        with self.view.viewers_lock:
+        with self._viewers_lock:
             self.viewers += delta
-        self.view.viewer(delta)
+        if self.viewers > 0:
+            self.view.wake_encoder()
 
     def refresh(self) -> Optional[float]:
         """Encode the newest frames if they are not encoded yet: the seconds it took, or None (nothing new)."""
@@ -248,8 +250,6 @@ class LiveView:
         self._event_seq = 0
         self.encodes = 0
         self.encode_s = 0.0  # CPU-side seconds spent scaling, drawing and encoding, in all
-        self._viewers = 0
-        self.viewers_lock = threading.Lock()
         self._wanted = threading.Event()
         self._closing = threading.Event()
         self.server: Optional[GuardedServer] = None
@@ -338,15 +338,14 @@ class LiveView:
         """Sleep ``seconds``, or less when the view closes (then True)."""
         return self._closing.wait(seconds)
 
-    def viewer(self, delta: int) -> None:
-        with self.viewers_lock:
-            self._viewers += delta
-            if self._viewers > 0:
-                self._wanted.set()
+    def wake_encoder(self) -> None:
+        """A picture is wanted: the encoder, idle while none is, looks again now."""
+        self._wanted.set()
 
     @property
     def viewers(self) -> int:
-        return self._viewers
+        """Connections watching a picture (a stream, or a snapshot waiting for its JPEG), every picture's."""
+        return sum(picture.viewers for picture in self.all_pictures())
 
     def all_pictures(self) -> List[Picture]:
         return list(self.pictures.values()) + ([self.mosaic] if self.mosaic is not None else [])
@@ -408,7 +407,7 @@ class LiveView:
             "started": round(self.started, 3), "now": round(time.time(), 3),
             "health": channel.health(),
             "history": self.changes(None if several else channel.name),
-            "serve": {"viewers": self._viewers, "fps": self.options.fps, "max_side": MAX_SIDE,
+            "serve": {"viewers": self.viewers, "fps": self.options.fps, "max_side": MAX_SIDE,
                       "encodes": self.encodes, "encode_ms": round(encoded.encode_ms, 2) if encoded else None,
                       "connections": self.server.connections if self.server is not None else 0,
                       "refused": self.server.refused if self.server is not None else 0},
