@@ -353,12 +353,12 @@ def _source_entries(settings: Settings) -> List:
     from edge.sources.sourcelist import SourceListError, read_sources_file, source_entries
 
     listed = read_sources_file(settings.sources) if settings.sources is not None else []
-    entries = source_entries(settings.camera, settings.source, listed, settings.roi)
-    for entry in entries:
-        if settings.csi_resize and entry.roi is not None:
-            raise SourceListError(f"{entry.uri}: its roi is in the camera's pixels; with --csi-resize the frames "
-                                  "arrive scaled: use one or the other")
-    return entries
+    # A --roi with --csi-resize is refused by edge.settings; a line of the file with its own roi, here.
+    scaled = next((entry for entry in listed if entry.roi is not None), None) if settings.csi_resize else None
+    if scaled is not None:
+        raise SourceListError(f"{scaled.uri}: its roi is in the camera's pixels; with --csi-resize the frames "
+                              "arrive scaled: use one or the other")
+    return source_entries(settings.camera, settings.source, listed, settings.roi)
 
 
 def _stream_specs(settings: Settings, classifier: Any, entries: Sequence) -> List:
