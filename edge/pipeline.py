@@ -280,13 +280,13 @@ class Loop:
         # A file read on demand (read-ahead 0) decodes only when asked: every one this batch is for is asked
         # first, so they decode side by side, and the batch waits (a little) for them; each frame's age is then
         # this batch's time, not also the batch before's, as a frame decoded ahead would wait.
-        asked = {id(lane) for lane in order[:self.settings.max_batch] if _ask(lane.source)}
+        asked = [lane for lane in order[:self.settings.max_batch] if _ask(lane.source)]
         deadline = time.monotonic() + POLL_S
         for lane in order:
             if len(picked) >= self.settings.max_batch:
                 break
             looked += 1
-            wait = max(0.0, deadline - time.monotonic()) if id(lane) in asked else 0
+            wait = max(0.0, deadline - time.monotonic()) if lane in asked else 0
             frame = lane.source.next(timeout=wait)
             if frame is not None:
                 picked.append((lane, frame))

@@ -117,7 +117,6 @@ class FrameBuffer:
             if not self._frames:
                 return None
             frame = self._frames.popleft()
-            self._asked = False
             self._cond.notify_all()
             return frame
 
