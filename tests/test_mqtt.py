@@ -808,7 +808,7 @@ def test_mqtt_every_picks_the_frames(every, expected):
     telemetry = Telemetry(FakePublisher(), None, "edge/cam/label", every, heartbeat_s=0)
     for number in range(12):
         label = COLOURS[number // 4]
-        telemetry.send({"frame": number, "label": label}, FakePrediction(label), {}, 1.0, 30.0)
+        telemetry.send({"frame": number, "label": label}, FakePrediction(label), {}, 1.0, 30.0, "cam")
     assert [m["frame"] for m in telemetry.publisher.sent] == expected
 
 
@@ -819,10 +819,10 @@ def test_the_heartbeat_resends_a_steady_label():
     telemetry = Telemetry(FakePublisher(), None, "edge/cam/label", "change", heartbeat_s=30.0, clock=lambda: now[0])
     for number in range(3):
         now[0] += 1.0  # 29 s after the start at most: no heartbeat yet
-        telemetry.send({"frame": number, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
+        telemetry.send({"frame": number, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0, "cam")
     now[0] += 30.0
-    telemetry.send({"frame": 3, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
-    telemetry.send({"frame": 4, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0)
+    telemetry.send({"frame": 3, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0, "cam")
+    telemetry.send({"frame": 4, "label": "red"}, FakePrediction("red"), {}, 1.0, 30.0, "cam")
     assert [m["frame"] for m in telemetry.publisher.sent] == [0, 3]
 
 

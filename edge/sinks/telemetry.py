@@ -182,7 +182,7 @@ class Telemetry:
         self.send(result.record, result.prediction, result.stages, result.age_ms, result.fps, result.name)
 
     def send(self, record: Dict[str, Any], prediction: Any, stages_ms: Dict[str, float], age_ms: float,
-             fps: float, source: str = "") -> None:
+             fps: float, source: str) -> None:
         if self.metrics is not None:
             self.metrics.frame(source, prediction.label, prediction.index, prediction.score, stages_ms, age_ms, fps)
         if self.publisher is not None and self._due(source, record["frame"], prediction.label):
